@@ -1,0 +1,8 @@
+// btsp — umbrella header: the whole public API.
+#pragma once
+
+#include <btsp/log.hpp>
+#include <btsp/manager.hpp>
+#include <btsp/options.hpp>
+#include <btsp/task.hpp>
+#include <btsp/types.hpp>

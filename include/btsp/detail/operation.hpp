@@ -1,0 +1,61 @@
+// btsp — header-visible internals: the per-operation state that lives inside an awaiter.
+#pragma once
+
+#include <btsp/types.hpp>
+
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+
+namespace btsp::detail {
+
+class Engine;
+class Connection;
+
+/// Something the engine completes after ucp_worker_progress has returned: an operation
+/// or a state waiter. Linked into the engine's ready list without allocation.
+struct ReadyNode {
+    ReadyNode* next_ready = nullptr;
+    /// Called on the progress thread, outside any UCX callback.
+    void (*on_ready)(ReadyNode*) noexcept = nullptr;
+};
+
+enum class OpKind : std::uint8_t { SEND, RECV, CONNECT, LISTEN };
+
+enum OpFlags : std::uint8_t {
+    kOpInUcxCall = 1u << 0,    // the UCX call that posts it has not returned yet
+    kOpCompleted = 1u << 1,    // result is final
+    kOpTracked = 1u << 2,      // linked in the engine's in-flight registry
+    kOpCancelling = 1u << 3,   // ucp_request_cancel issued; result override below applies
+};
+
+/// State of one operation. It lives inside its awaiter (so inside the awaiting
+/// coroutine's frame): no heap allocation per operation. UCX's user_data points here.
+struct Operation : ReadyNode {
+    Engine* engine = nullptr;
+    Connection* conn = nullptr;              // connection it was posted on
+    Operation* reg_prev = nullptr;           // engine registry of in-flight operations
+    Operation* reg_next = nullptr;
+    Operation* next_submit = nullptr;        // cross-thread submission queue
+    void* request = nullptr;                 // pending UCX request, if any
+    std::coroutine_handle<> waiter{};        // coroutine to resume on completion
+    const void* buffer = nullptr;
+    std::size_t size = 0;
+    std::uint64_t tag = 0;
+    std::uint64_t tag_mask = ~std::uint64_t{0};
+    RdmaOpResult result{};
+    RdmaResult cancel_result = RdmaResult::CANCELLED;  // reported if UCX cancels it
+    const char* cancel_detail = nullptr;
+    OpKind kind = OpKind::SEND;
+    std::uint8_t flags = 0;
+    std::uint16_t port = 0;                  // connect / listen
+    const char* host = nullptr;              // connect: points into the awaiter's string
+
+    void fail_now(RdmaResult r, const char* why) noexcept {
+        result.result = r;
+        result.detail = why;
+        flags |= kOpCompleted;
+    }
+};
+
+}  // namespace btsp::detail

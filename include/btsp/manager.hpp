@@ -1,0 +1,152 @@
+// btsp — CoroutineRdmaManager: the spec's coroutine API over UCX.
+#pragma once
+
+#include <btsp/detail/operation.hpp>
+#include <btsp/options.hpp>
+#include <btsp/task.hpp>
+#include <btsp/types.hpp>
+
+#include <ucp/api/ucp_def.h>
+
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace btsp {
+
+class CoroutineRdmaManager;
+
+/// Awaitable of one operation (tag_send, tag_recv, connect, listen). The operation
+/// starts when it is `co_await`ed (not when the manager method is called) and its state
+/// lives inside this object: no allocation. `co_await` yields an RdmaOpResult.
+/// It may be moved until it is awaited; once awaited it must stay where it is, which
+/// `co_await` guarantees. Where it resumes: on the manager's progress thread, unless it
+/// completed at once (then on the awaiting thread, without suspending).
+class [[nodiscard]] RdmaAwaitable {
+public:
+    RdmaAwaitable(RdmaAwaitable&& other) noexcept;
+    RdmaAwaitable& operator=(RdmaAwaitable&&) = delete;
+    RdmaAwaitable(const RdmaAwaitable&) = delete;
+    RdmaAwaitable& operator=(const RdmaAwaitable&) = delete;
+    ~RdmaAwaitable() = default;
+
+    bool await_ready() const noexcept { return (op_.flags & detail::kOpCompleted) != 0; }
+    bool await_suspend(std::coroutine_handle<> awaiting) noexcept;
+    RdmaOpResult await_resume() const noexcept { return op_.result; }
+
+private:
+    friend class CoroutineRdmaManager;
+    RdmaAwaitable() = default;
+    detail::Operation op_;
+    std::string host_;
+};
+
+/// Awaitable of a state condition (wait_for_state, wait_for_connection). Completes when
+/// the manager reaches the target state (CONNECTED is also reached by SENDING and
+/// RECEIVING), or when the manager shuts down. `co_await` yields true if the target was
+/// reached, false if the manager shut down (or was never initialised) first.
+class [[nodiscard]] StateChangeAwaitable : private detail::ReadyNode {
+public:
+    StateChangeAwaitable(StateChangeAwaitable&& other) noexcept;
+    StateChangeAwaitable& operator=(StateChangeAwaitable&&) = delete;
+    StateChangeAwaitable(const StateChangeAwaitable&) = delete;
+    StateChangeAwaitable& operator=(const StateChangeAwaitable&) = delete;
+    ~StateChangeAwaitable() = default;
+
+    bool await_ready() noexcept;
+    bool await_suspend(std::coroutine_handle<> awaiting) noexcept;
+    bool await_resume() const noexcept { return reached_; }
+
+private:
+    friend class CoroutineRdmaManager;
+    friend class detail::Engine;
+    StateChangeAwaitable(detail::Engine* engine, RdmaState target) noexcept;
+    static void resume_waiter(detail::ReadyNode* node) noexcept;
+    detail::Engine* engine_ = nullptr;
+    StateChangeAwaitable* prev_ = nullptr;  // engine's waiter list
+    StateChangeAwaitable* next_ = nullptr;
+    std::coroutine_handle<> waiter_{};
+    RdmaState target_ = RdmaState::CONNECTED;
+    bool reached_ = false;
+};
+
+/// The spec's manager: one UCX worker driven by its own progress thread, one listener
+/// (server mode) and its connections. Every method is thread-safe. Operations may be
+/// awaited from any thread and any number may be in flight; coroutines are resumed on
+/// the progress thread. See docs/semantics.md for states and failure results.
+class CoroutineRdmaManager {
+public:
+    /// Options from ManagerOptions::from_env().
+    CoroutineRdmaManager();
+    explicit CoroutineRdmaManager(ManagerOptions options);
+    /// Calls shutdown(). May run inside one of the manager's own coroutines.
+    ~CoroutineRdmaManager();
+    CoroutineRdmaManager(const CoroutineRdmaManager&) = delete;
+    CoroutineRdmaManager& operator=(const CoroutineRdmaManager&) = delete;
+
+    /// Creates the UCX context and worker and starts the progress thread. Server mode
+    /// listens on `port` on all interfaces (0 = an ephemeral port, see listening_port()).
+    /// Returns false (never throws) with the reason in the log and in last_error() when
+    /// UCX cannot start, the port is busy, or the manager was already initialised.
+    bool initialize(bool server_mode = false, std::uint16_t port = 0);
+    /// Completes every pending operation (DISCONNECTED), wakes every state waiter, closes
+    /// connections and stops the progress thread. Idempotent; may be called from any
+    /// thread, including the manager's own coroutines. Later operations fail at once.
+    void shutdown();
+
+    /// Sends `size` bytes at `data` as one tagged message to the connected peer. Completes
+    /// when the buffer may be reused (not when the peer has received it).
+    RdmaAwaitable tag_send(const void* data, std::size_t size, std::uint64_t tag);
+    /// Receives one message whose tag equals `tag` into `data` (capacity `size`).
+    /// bytes_transferred is the message's real length; a longer message completes with
+    /// FAILURE (reason: message truncated).
+    RdmaAwaitable tag_recv(void* data, std::size_t size, std::uint64_t tag);
+    /// As tag_recv, matching messages whose `(msg_tag & tag_mask) == (tag & tag_mask)`;
+    /// the result's sender_tag is the message's full tag.
+    RdmaAwaitable tag_recv(void* data, std::size_t size, std::uint64_t tag, std::uint64_t tag_mask);
+    /// Connects to a listening peer (IPv4/IPv6 literal or host name). SUCCESS once the
+    /// connection is wired up; DISCONNECTED if refused or rejected; TIMEOUT after
+    /// options().connect_timeout without an answer; FAILURE for a bad address/state.
+    RdmaAwaitable connect(const std::string& remote_addr, std::uint16_t remote_port);
+    /// Starts listening on `port` (0 = ephemeral) if not already listening. SUCCESS once the
+    /// listener is up (bytes_transferred = 0); use wait_for_connection() to accept.
+    RdmaAwaitable listen(std::uint16_t port);
+
+    /// Waits until the state is `target_state` (see StateChangeAwaitable).
+    StateChangeAwaitable wait_for_state(RdmaState target_state);
+    /// Same as wait_for_state(RdmaState::CONNECTED).
+    StateChangeAwaitable wait_for_connection();
+
+    [[nodiscard]] RdmaState get_state() const noexcept;
+    /// True in CONNECTED, SENDING and RECEIVING.
+    [[nodiscard]] bool is_connected() const noexcept;
+    /// True between a successful initialize() and shutdown().
+    [[nodiscard]] bool is_running() const noexcept;
+
+    // ---- additions to the spec ---------------------------------------------------
+    /// Port the listener is bound to (the real one when 0 was asked); 0 if not listening.
+    [[nodiscard]] std::uint16_t listening_port() const noexcept;
+    /// Number of live connections (a server may have several; tag_send uses the oldest).
+    [[nodiscard]] std::size_t connection_count() const noexcept;
+    /// Why initialize() last failed (empty if it did not).
+    [[nodiscard]] std::string last_error() const;
+    [[nodiscard]] const ManagerOptions& options() const noexcept { return options_; }
+
+    /// Raw UCX handles for advanced use. The worker belongs to the progress thread: call
+    /// UCX on it only from code running on that thread (inside this manager's coroutines).
+    [[nodiscard]] ucp_context_h ucx_context() const noexcept;
+    [[nodiscard]] ucp_worker_h ucx_worker() const noexcept;
+    /// Endpoint of the connection tag_send uses, or nullptr.
+    [[nodiscard]] ucp_ep_h ucx_endpoint() const noexcept;
+
+private:
+    RdmaAwaitable make_op(detail::OpKind kind, const void* data, std::size_t size,
+                          std::uint64_t tag, std::uint64_t mask);
+
+    ManagerOptions options_;
+    std::shared_ptr<detail::Engine> engine_;
+};
+
+}  // namespace btsp

@@ -1,0 +1,57 @@
+// btsp — configuration of a CoroutineRdmaManager.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace btsp {
+
+/// How the progress thread waits for network events.
+enum class ProgressMode : std::uint8_t {
+    POLLING,   ///< Busy-poll the UCX worker: lowest latency, one core at 100 %.
+    BLOCKING,  ///< ucp_worker_arm + epoll on the worker's fd: near-zero idle CPU.
+    ADAPTIVE,  ///< Poll for `adaptive_spin` after the last activity, then block (default).
+};
+
+[[nodiscard]] std::string_view to_string(ProgressMode m) noexcept;
+std::ostream& operator<<(std::ostream& os, ProgressMode m);
+/// Parses "polling"/"poll", "blocking"/"block", "adaptive" (any case).
+[[nodiscard]] bool parse_progress_mode(std::string_view text, ProgressMode& out) noexcept;
+
+/// Options of a manager. Defaults are what `CoroutineRdmaManager()` uses, after
+/// `from_env()` has applied the BTSP_* environment variables.
+struct ManagerOptions {
+    ProgressMode progress_mode = ProgressMode::ADAPTIVE;
+    /// ADAPTIVE: how long to keep polling after the last event before sleeping.
+    std::chrono::microseconds adaptive_spin{200};
+    /// connect(): no answer within this time completes it with RdmaResult::TIMEOUT.
+    std::chrono::milliseconds connect_timeout{5000};
+    /// shutdown(): how long a graceful (flush) close of a live endpoint may take before
+    /// the endpoint is force-closed.
+    std::chrono::milliseconds close_timeout{200};
+    /// Progress hand-off: when a coroutine keeps the progress thread busy (blocks in user
+    /// code) longer than this, a standby thread takes the UCX worker over so other
+    /// operations keep completing. 0 disables the hand-off.
+    std::chrono::milliseconds handoff_threshold{5};
+    /// Keep shared-memory transports with PEER error handling (UCX's MM_ERROR_HANDLING=y;
+    /// see docs/architecture.md). Falls back automatically when UCX rejects it.
+    bool shared_memory_with_error_handling = true;
+    /// Address the server listens on; empty = all IPv4 interfaces ("0.0.0.0").
+    std::string listen_address;
+    /// CPU to pin the progress thread to; -1 = no pinning.
+    int progress_cpu = -1;
+    /// Extra UCX configuration applied with ucp_config_modify (e.g. {"TLS", "tcp"}).
+    std::vector<std::pair<std::string, std::string>> ucx_config;
+
+    /// Defaults overridden by the environment: BTSP_PROGRESS_MODE, BTSP_CONNECT_TIMEOUT_MS,
+    /// BTSP_ADAPTIVE_SPIN_US, BTSP_HANDOFF_MS, BTSP_CLOSE_TIMEOUT_MS, BTSP_PROGRESS_CPU.
+    /// Malformed values are ignored with a warning in the log.
+    [[nodiscard]] static ManagerOptions from_env();
+};
+
+}  // namespace btsp

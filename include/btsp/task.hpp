@@ -1,0 +1,309 @@
+// btsp — RdmaTask<T>: an eagerly started, awaitable coroutine task, and sync_wait.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace btsp {
+
+template <typename T = void>
+class RdmaTask;
+
+namespace detail {
+
+// Life of a task's coroutine frame, shared by the task object and the frame.
+enum TaskState : std::uint8_t {
+    kTaskRunning = 0,   // not finished, nobody awaits it
+    kTaskAwaited = 1,   // not finished, continuation_ is set
+    kTaskDone = 2,      // finished; the task object owns the frame
+    kTaskDetached = 3,  // the task object is gone; the frame frees itself when it ends
+};
+
+class TaskPromiseBase {
+public:
+    std::suspend_never initial_suspend() noexcept { return {}; }  // eager, as the spec expects
+
+    struct FinalAwaiter {
+        bool await_ready() const noexcept { return false; }
+        template <typename Promise>
+        std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> h) noexcept {
+            TaskPromiseBase& p = h.promise();
+            std::coroutine_handle<> next = p.continuation_;
+            const std::uint8_t prev = p.state_.exchange(kTaskDone, std::memory_order_acq_rel);
+            if (prev == kTaskAwaited) return next;  // symmetric transfer: no stack growth
+            if (prev == kTaskDetached) h.destroy();
+            return std::noop_coroutine();
+        }
+        void await_resume() const noexcept {}
+    };
+    FinalAwaiter final_suspend() noexcept { return {}; }
+
+    bool is_done() const noexcept { return state_.load(std::memory_order_acquire) == kTaskDone; }
+
+    // Returns false if the task already finished (then the caller continues at once).
+    bool set_continuation(std::coroutine_handle<> c) noexcept {
+        continuation_ = c;
+        std::uint8_t expected = kTaskRunning;
+        return state_.compare_exchange_strong(expected, kTaskAwaited, std::memory_order_acq_rel,
+                                              std::memory_order_acquire);
+    }
+
+    // Returns true if the caller must destroy the frame (it already finished).
+    bool detach() noexcept {
+        return state_.exchange(kTaskDetached, std::memory_order_acq_rel) == kTaskDone;
+    }
+
+private:
+    std::atomic<std::uint8_t> state_{kTaskRunning};
+    std::coroutine_handle<> continuation_{};
+};
+
+template <typename T>
+class TaskPromise final : public TaskPromiseBase {
+public:
+    RdmaTask<T> get_return_object() noexcept;
+    void unhandled_exception() noexcept { result_.template emplace<2>(std::current_exception()); }
+    template <typename U = T>
+        requires std::is_convertible_v<U&&, T>
+    void return_value(U&& v) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
+        result_.template emplace<1>(std::forward<U>(v));
+    }
+    T& value() & {
+        if (result_.index() == 2) std::rethrow_exception(std::get<2>(result_));
+        return std::get<1>(result_);
+    }
+
+private:
+    std::variant<std::monostate, T, std::exception_ptr> result_;
+};
+
+template <>
+class TaskPromise<void> final : public TaskPromiseBase {
+public:
+    RdmaTask<void> get_return_object() noexcept;
+    void unhandled_exception() noexcept { exception_ = std::current_exception(); }
+    void return_void() noexcept {}
+    void value() const {
+        if (exception_) std::rethrow_exception(exception_);
+    }
+
+private:
+    std::exception_ptr exception_;
+};
+
+}  // namespace detail
+
+/// A coroutine task. It starts running as soon as it is called (the spec polls
+/// `done()` without ever resuming it), can be polled with `done()`, read with `get()`
+/// (which rethrows the coroutine's exception), and `co_await`ed (symmetric transfer).
+/// Destroying an unfinished task detaches it: the coroutine runs to its end and then
+/// frees itself. Move-only.
+template <typename T>
+class [[nodiscard]] RdmaTask {
+public:
+    using promise_type = detail::TaskPromise<T>;
+    using value_type = T;
+
+    RdmaTask() noexcept = default;
+    explicit RdmaTask(std::coroutine_handle<promise_type> h) noexcept : handle_(h) {}
+    RdmaTask(RdmaTask&& o) noexcept : handle_(std::exchange(o.handle_, {})) {}
+    RdmaTask& operator=(RdmaTask&& o) noexcept {
+        if (this != &o) {
+            reset();
+            handle_ = std::exchange(o.handle_, {});
+        }
+        return *this;
+    }
+    RdmaTask(const RdmaTask&) = delete;
+    RdmaTask& operator=(const RdmaTask&) = delete;
+    ~RdmaTask() { reset(); }
+
+    /// True when the task holds a coroutine.
+    [[nodiscard]] bool valid() const noexcept { return static_cast<bool>(handle_); }
+
+    /// True once the coroutine has finished (returned or thrown). Thread-safe.
+    [[nodiscard]] bool done() const noexcept { return !handle_ || handle_.promise().is_done(); }
+
+    /// The coroutine's result; rethrows its exception. Throws std::logic_error if the task
+    /// has not finished yet (use sync_wait() or co_await to wait for it).
+    decltype(auto) get() & {
+        check_done();
+        return handle_.promise().value();
+    }
+    decltype(auto) get() && {
+        check_done();
+        if constexpr (std::is_void_v<T>) {
+            handle_.promise().value();
+        } else {
+            return T(std::move(handle_.promise().value()));
+        }
+    }
+
+    struct Awaiter {
+        std::coroutine_handle<promise_type> h;
+        bool rvalue;
+        bool await_ready() const noexcept { return !h || h.promise().is_done(); }
+        bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
+            return h.promise().set_continuation(awaiting);
+        }
+        decltype(auto) await_resume() {
+            if (!h) throw std::logic_error("btsp::RdmaTask: co_await on an empty task");
+            if constexpr (std::is_void_v<T>) {
+                h.promise().value();
+            } else {
+                return T(rvalue ? std::move(h.promise().value()) : h.promise().value());
+            }
+        }
+    };
+    Awaiter operator co_await() & noexcept { return Awaiter{handle_, false}; }
+    Awaiter operator co_await() && noexcept { return Awaiter{handle_, true}; }
+
+    /// The underlying coroutine handle (ownership stays with the task).
+    [[nodiscard]] std::coroutine_handle<promise_type> handle() const noexcept { return handle_; }
+
+private:
+    void check_done() const {
+        if (!handle_) throw std::logic_error("btsp::RdmaTask::get() on an empty task");
+        if (!handle_.promise().is_done())
+            throw std::logic_error("btsp::RdmaTask::get() before the task finished");
+    }
+    void reset() noexcept {
+        if (handle_ && handle_.promise().detach()) handle_.destroy();
+        handle_ = {};
+    }
+
+    std::coroutine_handle<promise_type> handle_{};
+};
+
+namespace detail {
+template <typename T>
+RdmaTask<T> TaskPromise<T>::get_return_object() noexcept {
+    return RdmaTask<T>(std::coroutine_handle<TaskPromise<T>>::from_promise(*this));
+}
+inline RdmaTask<void> TaskPromise<void>::get_return_object() noexcept {
+    return RdmaTask<void>(std::coroutine_handle<TaskPromise<void>>::from_promise(*this));
+}
+
+// ---- awaitable traits ------------------------------------------------------------
+template <typename A>
+decltype(auto) get_awaiter(A&& a) {
+    if constexpr (requires { std::forward<A>(a).operator co_await(); }) {
+        return std::forward<A>(a).operator co_await();
+    } else if constexpr (requires { operator co_await(std::forward<A>(a)); }) {
+        return operator co_await(std::forward<A>(a));
+    } else {
+        return std::forward<A>(a);
+    }
+}
+template <typename A>
+using awaiter_t = decltype(get_awaiter(std::declval<A>()));
+template <typename A>
+using await_result_t = decltype(std::declval<awaiter_t<A>&>().await_resume());
+
+// ---- sync_wait machinery -----------------------------------------------------------
+class SyncEvent {
+public:
+    void set() noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        set_ = true;
+        cv_.notify_all();  // under the lock: the waiter cannot return and free us first
+    }
+    void wait() noexcept {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [this] { return set_; });
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    bool set_ = false;
+};
+
+template <typename R>
+class SyncWaitTask {
+public:
+    struct promise_type {
+        SyncEvent* event = nullptr;
+        std::variant<std::monostate, std::conditional_t<std::is_void_v<R>, std::monostate, R>,
+                     std::exception_ptr>
+            result;
+
+        SyncWaitTask get_return_object() noexcept {
+            return SyncWaitTask(std::coroutine_handle<promise_type>::from_promise(*this));
+        }
+        std::suspend_always initial_suspend() noexcept { return {}; }
+        struct Final {
+            bool await_ready() const noexcept { return false; }
+            void await_suspend(std::coroutine_handle<promise_type> h) noexcept {
+                h.promise().event->set();
+            }
+            void await_resume() const noexcept {}
+        };
+        Final final_suspend() noexcept { return {}; }
+        void unhandled_exception() noexcept { result.template emplace<2>(std::current_exception()); }
+        template <typename U>
+        void return_value(U&& v) {
+            result.template emplace<1>(std::forward<U>(v));
+        }
+    };
+    explicit SyncWaitTask(std::coroutine_handle<promise_type> h) noexcept : h_(h) {}
+    SyncWaitTask(SyncWaitTask&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+    ~SyncWaitTask() {
+        if (h_) h_.destroy();
+    }
+    R run() {
+        SyncEvent event;
+        h_.promise().event = &event;
+        h_.resume();
+        event.wait();
+        auto& res = h_.promise().result;
+        if (res.index() == 2) std::rethrow_exception(std::get<2>(res));
+        if constexpr (!std::is_void_v<R>) return std::move(std::get<1>(res));
+    }
+
+private:
+    std::coroutine_handle<promise_type> h_;
+};
+
+template <typename A>
+SyncWaitTask<std::remove_cvref_t<await_result_t<A>>> make_sync_wait_task(A&& a)
+    requires std::is_void_v<await_result_t<A>>
+{
+    co_await std::forward<A>(a);
+    co_return std::monostate{};
+}
+template <typename A>
+SyncWaitTask<std::remove_cvref_t<await_result_t<A>>> make_sync_wait_task(A&& a)
+    requires(!std::is_void_v<await_result_t<A>>)
+{
+    co_return co_await std::forward<A>(a);
+}
+
+}  // namespace detail
+
+/// Blocks the calling thread until `awaitable` (an RdmaTask, an RdmaAwaitable, any
+/// awaitable) completes, and returns its result (rethrowing its exception). Waits on a
+/// condition variable: no polling, no sleeping. Do not call it on a manager's progress
+/// thread for work that needs that thread (the hand-off keeps it from deadlocking, at the
+/// cost of a thread switch).
+template <typename A>
+auto sync_wait(A&& awaitable) -> std::remove_cvref_t<detail::await_result_t<A>> {
+    using R = std::remove_cvref_t<detail::await_result_t<A>>;
+    auto t = detail::make_sync_wait_task(std::forward<A>(awaitable));
+    if constexpr (std::is_void_v<R>) {
+        t.run();
+    } else {
+        return t.run();
+    }
+}
+
+}  // namespace btsp

@@ -1,0 +1,979 @@
+// The progress engine: worker ownership, the progress loop, hand-off, operation posting
+// and completion. Connection handling (connect/accept/failure/close) is in connection.cpp.
+#include "engine.hpp"
+
+#include "status.hpp"
+
+#include <btsp/log.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+namespace btsp::detail {
+namespace {
+
+thread_local ThreadCtx* tls_ctx = nullptr;
+
+// Marks the submission stack as closed: nothing is accepted after teardown.
+Operation* const kClosed = reinterpret_cast<Operation*>(std::uintptr_t{1});
+
+constexpr const char* kShutDown = "manager shut down";
+constexpr int kMaxBlockedThreads = 32;
+
+using Clock = std::chrono::steady_clock;
+
+// UCX reports a config key it does not know as an error; shm transports named in a TLS
+// list decide whether MM_ERROR_HANDLING may be set at all (UCX rejects it otherwise).
+bool tls_list_allows_shm(const std::string& tls) {
+    if (tls.empty() || tls[0] == '^') return true;
+    for (const char* name : {"all", "sm", "shm", "sysv", "posix", "mm"}) {
+        std::size_t pos = 0;
+        const std::string n(name);
+        while ((pos = tls.find(n, pos)) != std::string::npos) {
+            const bool start_ok = pos == 0 || tls[pos - 1] == ',';
+            const bool end_ok = pos + n.size() == tls.size() || tls[pos + n.size()] == ',';
+            if (start_ok && end_ok) return true;
+            pos += n.size();
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
+ThreadCtx* current_thread_ctx() noexcept { return tls_ctx; }
+
+Engine::Engine(const ManagerOptions& options) : opts_(options) {}
+
+Engine::~Engine() {
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+std::string Engine::last_error() const {
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    return last_error_;
+}
+
+// ---------------------------------------------------------------------------------------
+// Lifecycle
+// ---------------------------------------------------------------------------------------
+
+bool Engine::create_worker(bool with_shm_eh, std::string& err) noexcept {
+    ucp_config_t* config = nullptr;
+    ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
+    if (st != UCS_OK) {
+        err = std::string("ucp_config_read: ") + ucs_status_string(st);
+        return false;
+    }
+    // Re-listening on a port in TIME_WAIT must work (field notes).
+    if (ucp_config_modify(config, "CM_REUSEADDR", "y") != UCS_OK)
+        BTSP_LOG_DEBUG("UCX does not know CM_REUSEADDR; listening ports may stay busy after close");
+    if (with_shm_eh) {
+        st = ucp_config_modify(config, "MM_ERROR_HANDLING", "y");
+        if (st != UCS_OK) {
+            ucp_config_release(config);
+            err = std::string("MM_ERROR_HANDLING: ") + ucs_status_string(st);
+            return false;
+        }
+    }
+    for (const auto& [key, value] : opts_.ucx_config) {
+        st = ucp_config_modify(config, key.c_str(), value.c_str());
+        if (st != UCS_OK) {
+            ucp_config_release(config);
+            err = "invalid UCX option " + key + "=" + value + ": " + ucs_status_string(st);
+            return false;
+        }
+    }
+
+    ucp_params_t params{};
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;
+    params.features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;
+    params.mt_workers_shared = 0;
+    params.name = "btsp";
+    st = ucp_init(&params, config, &context_);
+    ucp_config_release(config);
+    if (st != UCS_OK) {
+        context_ = nullptr;
+        err = std::string("ucp_init: ") + ucs_status_string(st);
+        return false;
+    }
+
+    ucp_worker_params_t wp{};
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE | UCP_WORKER_PARAM_FIELD_FLAGS;
+    // One thread at a time touches the worker (the owner; see the hand-off protocol).
+    wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+    wp.flags = UCP_WORKER_FLAG_IGNORE_REQUEST_LEAK;
+    st = ucp_worker_create(context_, &wp, &worker_);
+    if (st != UCS_OK) {
+        worker_ = nullptr;
+        ucp_cleanup(context_);
+        context_ = nullptr;
+        err = std::string("ucp_worker_create: ") + ucs_status_string(st);
+        return false;
+    }
+    st = ucp_worker_get_efd(worker_, &worker_fd_);
+    if (st != UCS_OK) {
+        ucp_worker_destroy(worker_);
+        ucp_cleanup(context_);
+        worker_ = nullptr;
+        context_ = nullptr;
+        err = std::string("ucp_worker_get_efd: ") + ucs_status_string(st);
+        return false;
+    }
+    return true;
+}
+
+bool Engine::initialize(bool server_mode, std::uint16_t port) {
+    auto fail = [this](std::string why, bool set_error_state) {
+        BTSP_LOG_ERROR("initialize failed: %s", why.c_str());
+        {
+            std::lock_guard<std::mutex> lock(error_mutex_);
+            last_error_ = std::move(why);
+        }
+        if (set_error_state) {
+            set_base_state(RdmaState::ERROR);
+            submit_head_.store(kClosed, std::memory_order_release);
+        }
+        return false;
+    };
+    if (initialized_.exchange(true, std::memory_order_acq_rel)) {
+        return fail(base_state_.load() == static_cast<std::uint8_t>(RdmaState::SHUTDOWN)
+                        ? "initialize after shutdown"
+                        : "already initialized",
+                    false);
+    }
+
+    std::string err;
+    bool want_shm = opts_.shared_memory_with_error_handling;
+    if (want_shm) {
+        std::string tls;
+        if (const char* env = std::getenv("UCX_TLS")) tls = env;
+        for (const auto& [k, v] : opts_.ucx_config)
+            if (k == "TLS") tls = v;
+        if (!tls_list_allows_shm(tls)) want_shm = false;
+    }
+    if (!create_worker(want_shm, err)) {
+        if (!want_shm) return fail(err, true);
+        BTSP_LOG_INFO("UCX refused shared memory with error handling (%s); retrying without", err.c_str());
+        err.clear();
+        if (!create_worker(false, err)) return fail(err, true);
+    }
+
+    auto cleanup_ucx = [this] {
+        if (listener_) ucp_listener_destroy(listener_);
+        listener_ = nullptr;
+        ucp_worker_destroy(worker_);
+        ucp_cleanup(context_);
+        worker_ = nullptr;
+        context_ = nullptr;
+    };
+
+    wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (wake_fd_ < 0 || epoll_fd_ < 0) {
+        cleanup_ucx();
+        return fail(std::string("eventfd/epoll: ") + std::strerror(errno), true);
+    }
+    for (int fd : {worker_fd_, wake_fd_}) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.fd = fd;
+        if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            cleanup_ucx();
+            return fail(std::string("epoll_ctl: ") + std::strerror(errno), true);
+        }
+    }
+
+    if (server_mode && !create_listener(port, err)) {
+        cleanup_ucx();
+        return fail(err, true);
+    }
+
+    set_base_state(server_mode ? RdmaState::LISTENING : RdmaState::IDLE);
+    running_.store(true, std::memory_order_release);
+    ctl_.store(ctl(1, kLoop), std::memory_order_release);
+    try {
+        spawn_thread(&Engine::owner_thread_main, 1);
+    } catch (const std::exception& e) {
+        running_.store(false);
+        cleanup_ucx();
+        return fail(std::string("cannot start the progress thread: ") + e.what(), true);
+    }
+    started_ = true;
+    if (opts_.handoff_threshold.count() > 0) {
+        try {
+            spawn_thread(&Engine::watchdog_thread_main, 0);
+        } catch (const std::exception& e) {
+            BTSP_LOG_WARN("no hand-off thread (%s): a blocking coroutine will stall progress", e.what());
+        }
+    }
+    BTSP_LOG_DEBUG("initialized (%s, progress mode %s)", server_mode ? "server" : "client",
+                   to_string(opts_.progress_mode).data());
+    return true;
+}
+
+bool Engine::create_listener(std::uint16_t port, std::string& err) noexcept {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    const std::string& host = opts_.listen_address;
+    if (host.empty() || host == "0.0.0.0" || inet_pton(AF_INET, host.c_str(), &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr) == 1) {
+        auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+        in->sin_family = AF_INET;
+        in->sin_port = htons(port);
+        if (host.empty() || host == "0.0.0.0") in->sin_addr.s_addr = htonl(INADDR_ANY);
+        len = sizeof(sockaddr_in);
+    } else {
+        auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+        if (inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) != 1) {
+            err = "invalid listen address '" + host + "'";
+            return false;
+        }
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        len = sizeof(sockaddr_in6);
+    }
+
+    ucp_listener_params_t lp{};
+    lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+    lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&ss);
+    lp.sockaddr.addrlen = len;
+    lp.conn_handler.cb = [](ucp_conn_request_h req, void* arg) {
+        static_cast<Engine*>(arg)->on_conn_request(req);
+    };
+    lp.conn_handler.arg = this;
+    ucs_status_t st = ucp_listener_create(worker_, &lp, &listener_);
+    if (st != UCS_OK) {
+        listener_ = nullptr;
+        err = "cannot listen on port " + std::to_string(port) + ": " + ucs_status_string(st);
+        return false;
+    }
+    ucp_listener_attr_t attr{};
+    attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+    std::uint16_t real_port = port;
+    if (ucp_listener_query(listener_, &attr) == UCS_OK) {
+        if (attr.sockaddr.ss_family == AF_INET)
+            real_port = ntohs(reinterpret_cast<const sockaddr_in*>(&attr.sockaddr)->sin_port);
+        else if (attr.sockaddr.ss_family == AF_INET6)
+            real_port = ntohs(reinterpret_cast<const sockaddr_in6*>(&attr.sockaddr)->sin6_port);
+    }
+    listen_port_.store(real_port, std::memory_order_relaxed);
+    BTSP_LOG_INFO("listening on %s:%u", host.empty() ? "0.0.0.0" : host.c_str(), real_port);
+    return true;
+}
+
+void Engine::destroy_listener() noexcept {
+    for (ucp_conn_request_h req : pending_requests_) ucp_listener_reject(listener_, req);
+    pending_requests_.clear();
+    if (listener_) ucp_listener_destroy(listener_);
+    listener_ = nullptr;
+}
+
+void Engine::shutdown() {
+    if (!initialized_.exchange(true, std::memory_order_acq_rel) || !started_) {
+        // Never started: nothing runs; refuse everything from now on.
+        submit_head_.store(kClosed, std::memory_order_release);
+        if (base_state_.load() != static_cast<std::uint8_t>(RdmaState::SHUTDOWN)) {
+            set_base_state(RdmaState::SHUTDOWN);
+        }
+        return;
+    }
+    ThreadCtx* c = tls_ctx;
+    if (c != nullptr && c->engine == this) {
+        std::uint64_t expect = ctl(c->gen, kUser);
+        if (ctl_.compare_exchange_strong(expect, ctl(c->gen, kLib), std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+            // Called from one of our own coroutines on the owning thread: tear down here;
+            // the loop resumes the completed coroutines and exits when we return to it.
+            teardown();
+            stop_requested_.store(true, std::memory_order_release);
+            ctl_.store(ctl(c->gen, kUser), std::memory_order_release);
+            return;
+        }
+    }
+    stop_requested_.store(true, std::memory_order_seq_cst);
+    wake();
+    std::unique_lock<std::mutex> lock(threads_mutex_);
+    threads_cv_.wait(lock, [this] { return live_threads_ == 0; });
+}
+
+void Engine::teardown() noexcept {
+    if (tearing_down_) return;
+    tearing_down_ = true;
+    running_.store(false, std::memory_order_release);
+    set_base_state(RdmaState::SHUTDOWN);
+    notify_waiters(true);
+
+    // Nothing more is accepted from other threads; what was queued fails.
+    Operation* queued = submit_head_.exchange(kClosed, std::memory_order_acq_rel);
+    while (queued != nullptr && queued != kClosed) {
+        Operation* next = queued->next_submit;
+        queued->fail_now(RdmaResult::DISCONNECTED, kShutDown);
+        push_ready(queued);
+        queued = next;
+    }
+
+    destroy_listener();
+
+    // Receives never end by themselves (they are per worker): cancel them. Pending
+    // connects end now.
+    for (Operation* op = tracked_head_; op != nullptr;) {
+        Operation* next = op->reg_next;
+        if (op->kind == OpKind::RECV) {
+            cancel_op(op, RdmaResult::DISCONNECTED, kShutDown);
+        } else if (op->kind == OpKind::CONNECT) {
+            Connection* conn = op->conn;
+            conn->connect_op = nullptr;
+            disarm_timer(&conn->connect_timer);
+            untrack(op);
+            op->result.result = RdmaResult::DISCONNECTED;
+            op->result.detail = kShutDown;
+            complete(op);
+        }
+        op = next;
+    }
+
+    // Close every endpoint: gracefully when nothing is pending (so the peer sees a clean
+    // close), forced when sends are pending (a flush-close with an unmatched rendezvous
+    // send aborts UCX 1.13) or the connection already failed.
+    for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
+        if (conn->ep != nullptr && conn->phase != ConnPhase::CLOSING && conn->phase != ConnPhase::CLOSED)
+            close_connection(conn, conn->pending_sends > 0 || conn->phase != ConnPhase::OPEN);
+    }
+    failed_head_ = nullptr;
+
+    auto all_closed = [this] {
+        for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
+            if (conn->close_request != nullptr) return false;
+        return tracked_head_ == nullptr;
+    };
+    const auto graceful_deadline = Clock::now() + opts_.close_timeout;
+    while (!all_closed() && Clock::now() < graceful_deadline) ucp_worker_progress(worker_);
+    if (!all_closed()) {
+        // A live peer that does not progress blocks a flush-close: abandon those closes
+        // and force-close their endpoints' remaining work.
+        for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
+            if (conn->close_request != nullptr && !conn->close_forced) {
+                ucp_request_free(conn->close_request);
+                conn->close_request = nullptr;
+                --conn->ucx_refs;
+                conn->phase = ConnPhase::CLOSED;
+                conn->ep = nullptr;
+            }
+        }
+        const auto forced_deadline = Clock::now() + std::chrono::milliseconds(200);
+        while (!all_closed() && Clock::now() < forced_deadline) ucp_worker_progress(worker_);
+    }
+
+    // Whatever UCX still holds: release the requests (no callback will follow) and
+    // report the operations as ended by the shutdown.
+    while (Operation* op = tracked_head_) {
+        if (op->request != nullptr) {
+            ucp_request_free(op->request);
+            op->request = nullptr;
+        }
+        untrack(op);
+        op->result.result = RdmaResult::DISCONNECTED;
+        op->result.detail = kShutDown;
+        complete(op);
+    }
+    for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
+        if (conn->close_request != nullptr) {
+            ucp_request_free(conn->close_request);
+            conn->close_request = nullptr;
+        }
+    }
+    ucp_worker_destroy(worker_);
+    ucp_cleanup(context_);
+    worker_ = nullptr;
+    context_ = nullptr;
+    while (Connection* conn = all_head_) {
+        all_head_ = conn->all_next;
+        delete conn;
+    }
+    live_head_ = live_tail_ = nullptr;
+    timers_head_ = nullptr;
+    primary_ep_.store(nullptr, std::memory_order_release);
+    live_count_.store(0, std::memory_order_relaxed);
+    sends_in_flight_.store(0, std::memory_order_relaxed);
+    recvs_in_flight_.store(0, std::memory_order_relaxed);
+    torn_down_ = true;
+    BTSP_LOG_DEBUG("shut down");
+}
+
+// ---------------------------------------------------------------------------------------
+// Threads, ownership and the progress loop
+// ---------------------------------------------------------------------------------------
+
+void Engine::spawn_thread(void (*fn)(std::shared_ptr<Engine>, std::uint64_t), std::uint64_t gen) {
+    {
+        std::lock_guard<std::mutex> lock(threads_mutex_);
+        ++live_threads_;
+    }
+    try {
+        std::thread(fn, shared_from_this(), gen).detach();
+    } catch (...) {
+        thread_exit();
+        throw;
+    }
+}
+
+void Engine::thread_exit() noexcept {
+    std::lock_guard<std::mutex> lock(threads_mutex_);
+    --live_threads_;
+    threads_cv_.notify_all();
+}
+
+void Engine::owner_thread_main(std::shared_ptr<Engine> self, std::uint64_t gen) {
+    ThreadCtx ctx{self.get(), gen};
+    tls_ctx = &ctx;
+    if (self->opts_.progress_cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(self->opts_.progress_cpu, &set);
+        if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0)
+            BTSP_LOG_WARN("cannot pin the progress thread to CPU %d", self->opts_.progress_cpu);
+    }
+    const bool taken_over = self->owner_loop(&ctx);
+    tls_ctx = nullptr;
+    if (taken_over) {
+        self->blocked_threads_.fetch_sub(1, std::memory_order_relaxed);
+    } else {
+        self->thread_exit();
+    }
+}
+
+void Engine::watchdog_thread_main(std::shared_ptr<Engine> self, std::uint64_t) {
+    ThreadCtx ctx{self.get(), 0};
+    tls_ctx = &ctx;
+    const bool taken_over = self->watchdog_loop(&ctx);
+    tls_ctx = nullptr;
+    if (taken_over) {
+        self->blocked_threads_.fetch_sub(1, std::memory_order_relaxed);
+    } else {
+        self->thread_exit();
+    }
+}
+
+// The standby thread. Every handoff_threshold it samples the ownership word; if the
+// owner has been inside the same piece of user code since the last sample, it takes the
+// worker over (the CAS succeeds only while the owner is in user code, never while it is
+// inside UCX) and becomes the progress thread itself.
+bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
+    std::uint64_t last_ctl = ~std::uint64_t{0};
+    std::uint64_t last_resumes = ~std::uint64_t{0};
+    std::unique_lock<std::mutex> lock(threads_mutex_);
+    while (!watchdog_stop_) {
+        watchdog_cv_.wait_for(lock, opts_.handoff_threshold);
+        if (watchdog_stop_) break;
+        std::uint64_t s = ctl_.load(std::memory_order_acquire);
+        const std::uint64_t resumes = resume_count_.load(std::memory_order_relaxed);
+        if ((s & 3) == kUser && s == last_ctl && resumes == last_resumes &&
+            blocked_threads_.load(std::memory_order_relaxed) < kMaxBlockedThreads) {
+            const std::uint64_t gen = (s >> 2) + 1;
+            if (ctl_.compare_exchange_strong(s, ctl(gen, kLoop), std::memory_order_acq_rel)) {
+                // The blocked thread leaves the live count now; it retires on its own
+                // once its coroutine suspends.
+                blocked_threads_.fetch_add(1, std::memory_order_relaxed);
+                --live_threads_;
+                lock.unlock();
+                BTSP_LOG_DEBUG("progress hand-off: a coroutine held the progress thread over %lld ms",
+                               static_cast<long long>(opts_.handoff_threshold.count()));
+                try {
+                    spawn_thread(&Engine::watchdog_thread_main, 0);
+                } catch (...) {
+                    BTSP_LOG_WARN("cannot start a new hand-off thread");
+                }
+                ctx->gen = gen;
+                return owner_loop(ctx);
+            }
+        }
+        last_ctl = s;
+        last_resumes = resumes;
+    }
+    return false;
+}
+
+// Resumes ready coroutines one at a time. Before each it marks the worker "in user code"
+// so the watchdog may take it over; afterwards it claims it back. Returns false when the
+// worker was taken over meanwhile (the remaining ready list belongs to the new owner).
+bool Engine::run_ready(ThreadCtx* ctx) noexcept {
+    const std::uint64_t user = ctl(ctx->gen, kUser);
+    while (ReadyNode* n = ready_head_) {
+        ready_head_ = n->next_ready;
+        if (ready_head_ == nullptr) ready_tail_ = nullptr;
+        n->next_ready = nullptr;
+        ctl_.store(user, std::memory_order_release);
+        resume_count_.store(resume_count_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        n->on_ready(n);
+        std::uint64_t expect = user;
+        if (!ctl_.compare_exchange_strong(expect, ctl(ctx->gen, kLoop), std::memory_order_acq_rel,
+                                          std::memory_order_relaxed))
+            return false;
+    }
+    return true;
+}
+
+bool Engine::owner_loop(ThreadCtx* ctx) noexcept {
+    tls_ctx = ctx;
+    for (;;) {
+        bool active = false;
+        if (!torn_down_) {
+            Operation* head = submit_head_.load(std::memory_order_relaxed);
+            if (head != nullptr && head != kClosed) active |= drain_submissions();
+            while (ucp_worker_progress(worker_) != 0) active = true;
+            if (failed_head_ != nullptr || !pending_requests_.empty()) {
+                process_deferred();
+                active = true;
+            }
+            if (timers_head_ != nullptr) active |= run_timers();
+            if (stop_requested_.load(std::memory_order_relaxed)) {
+                teardown();
+                active = true;
+            }
+        }
+        if (ready_head_ != nullptr) {
+            active = true;
+            if (!run_ready(ctx)) return true;
+        }
+        if (torn_down_) {
+            if (ready_head_ == nullptr) break;
+            continue;
+        }
+        if (active) {
+            idle_iterations_ = 0;
+            continue;
+        }
+        idle_wait();
+    }
+    loop_exited_.store(true, std::memory_order_release);
+    {
+        std::lock_guard<std::mutex> lock(threads_mutex_);
+        watchdog_stop_ = true;
+    }
+    watchdog_cv_.notify_all();
+    return false;
+}
+
+void Engine::idle_wait() noexcept {
+    switch (opts_.progress_mode) {
+        case ProgressMode::POLLING:
+            return;
+        case ProgressMode::ADAPTIVE: {
+            if (++idle_iterations_ == 1) {
+                last_activity_ = Clock::now();
+                return;
+            }
+            if ((idle_iterations_ & 63) != 0) return;
+            if (Clock::now() - last_activity_ < opts_.adaptive_spin) return;
+            break;
+        }
+        case ProgressMode::BLOCKING:
+            break;
+    }
+    // Block: announce it (submitters then wake us), re-check, arm the worker, wait.
+    sleeping_.store(true, std::memory_order_seq_cst);
+    if (submit_head_.load(std::memory_order_seq_cst) != nullptr ||
+        stop_requested_.load(std::memory_order_seq_cst)) {
+        sleeping_.store(false, std::memory_order_relaxed);
+        return;
+    }
+    const ucs_status_t st = ucp_worker_arm(worker_);
+    if (st == UCS_OK) {
+        int timeout_ms = -1;
+        if (timers_head_ != nullptr) {
+            const auto left = timers_head_->deadline - Clock::now();
+            timeout_ms = static_cast<int>(
+                std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(left).count()));
+        }
+        epoll_event events[2];
+        const int n = ::epoll_wait(epoll_fd_, events, 2, timeout_ms);
+        for (int i = 0; i < n; ++i) {
+            if (events[i].data.fd == wake_fd_) {
+                std::uint64_t v = 0;
+                (void)!::read(wake_fd_, &v, sizeof v);
+            }
+        }
+    } else if (st != UCS_ERR_BUSY) {
+        BTSP_LOG_WARN("ucp_worker_arm: %s", ucs_status_string(st));
+    }
+    sleeping_.store(false, std::memory_order_relaxed);
+    idle_iterations_ = 0;
+}
+
+void Engine::wake() noexcept {
+    const std::uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+}
+
+bool Engine::run_timers() noexcept {
+    const auto now = Clock::now();
+    bool fired = false;
+    while (timers_head_ != nullptr && timers_head_->deadline <= now) {
+        TimerNode* t = timers_head_;
+        disarm_timer(t);
+        t->fire(t);
+        fired = true;
+    }
+    return fired;
+}
+
+void Engine::arm_timer(TimerNode* t, Clock::time_point deadline) noexcept {
+    if (t->armed) disarm_timer(t);
+    t->deadline = deadline;
+    t->armed = true;
+    TimerNode* prev = nullptr;
+    TimerNode* cur = timers_head_;
+    while (cur != nullptr && cur->deadline <= deadline) {
+        prev = cur;
+        cur = cur->next;
+    }
+    t->prev = prev;
+    t->next = cur;
+    if (cur) cur->prev = t;
+    if (prev) prev->next = t; else timers_head_ = t;
+}
+
+void Engine::disarm_timer(TimerNode* t) noexcept {
+    if (!t->armed) return;
+    if (t->prev) t->prev->next = t->next; else timers_head_ = t->next;
+    if (t->next) t->next->prev = t->prev;
+    t->prev = t->next = nullptr;
+    t->armed = false;
+}
+
+// ---------------------------------------------------------------------------------------
+// Operations
+// ---------------------------------------------------------------------------------------
+
+void Engine::precheck(Operation* op) const noexcept {
+    if (!initialized_.load(std::memory_order_acquire)) {
+        op->fail_now(RdmaResult::FAILURE, "manager not initialized");
+        return;
+    }
+    const auto st = static_cast<RdmaState>(base_state_.load(std::memory_order_acquire));
+    if (st == RdmaState::SHUTDOWN) {
+        op->fail_now(RdmaResult::DISCONNECTED, kShutDown);
+        return;
+    }
+    if (st == RdmaState::ERROR) {
+        op->fail_now(RdmaResult::FAILURE, "manager failed to initialize");
+        return;
+    }
+    switch (op->kind) {
+        case OpKind::SEND:
+        case OpKind::RECV:
+            if (op->buffer == nullptr && op->size > 0) op->fail_now(RdmaResult::FAILURE, "null buffer");
+            break;
+        case OpKind::CONNECT:
+            if (op->host == nullptr || op->host[0] == '\0')
+                op->fail_now(RdmaResult::FAILURE, "empty host");
+            else if (op->port == 0)
+                op->fail_now(RdmaResult::FAILURE, "port 0 is not a valid destination");
+            break;
+        case OpKind::LISTEN:
+            break;
+    }
+}
+
+bool Engine::start(Operation* op) noexcept {
+    ThreadCtx* c = tls_ctx;
+    if (c != nullptr && c->engine == this) {
+        // Fast path: we own the worker and run user code. Claim it for the UCX call so a
+        // hand-off cannot happen in the middle of it.
+        std::uint64_t expect = ctl(c->gen, kUser);
+        if (ctl_.compare_exchange_strong(expect, ctl(c->gen, kLib), std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+            post(op);
+            ctl_.store(ctl(c->gen, kUser), std::memory_order_release);
+            return (op->flags & kOpCompleted) == 0;
+        }
+    }
+    // Any other thread: hand the op to the owner. Keep the engine alive until we are done
+    // touching it (the op may complete and its coroutine finish before we return).
+    std::shared_ptr<Engine> keep = shared_from_this();
+    Operation* head = submit_head_.load(std::memory_order_relaxed);
+    do {
+        if (head == kClosed) {
+            op->fail_now(RdmaResult::DISCONNECTED, kShutDown);
+            return false;
+        }
+        op->next_submit = head;
+    } while (!submit_head_.compare_exchange_weak(head, op, std::memory_order_seq_cst,
+                                                 std::memory_order_relaxed));
+    if (sleeping_.load(std::memory_order_seq_cst)) wake();
+    return true;
+}
+
+bool Engine::drain_submissions() noexcept {
+    Operation* list = submit_head_.exchange(nullptr, std::memory_order_acquire);
+    if (list == kClosed) {  // closed meanwhile: put the mark back
+        submit_head_.store(kClosed, std::memory_order_release);
+        return false;
+    }
+    // The stack is LIFO; post in submission order.
+    Operation* fifo = nullptr;
+    while (list != nullptr) {
+        Operation* next = list->next_submit;
+        list->next_submit = fifo;
+        fifo = list;
+        list = next;
+    }
+    while (fifo != nullptr) {
+        Operation* op = fifo;
+        fifo = op->next_submit;
+        op->next_submit = nullptr;
+        post(op);
+        if (op->flags & kOpCompleted) push_ready(op);
+    }
+    return true;
+}
+
+void Engine::post(Operation* op) noexcept {
+    if (tearing_down_) {
+        op->fail_now(RdmaResult::DISCONNECTED, kShutDown);
+        return;
+    }
+    // Completions during the call are reported by the caller, not via the ready list.
+    op->flags |= kOpInUcxCall;
+    switch (op->kind) {
+        case OpKind::SEND: post_send(op); break;
+        case OpKind::RECV: post_recv(op); break;
+        case OpKind::CONNECT: start_connect(op); break;
+        case OpKind::LISTEN: start_listen(op); break;
+    }
+    op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
+}
+
+void Engine::post_send(Operation* op) noexcept {
+    Connection* conn = primary();
+    if (conn == nullptr) {
+        op->fail_now(RdmaResult::DISCONNECTED, "not connected");
+        return;
+    }
+    op->conn = conn;
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = &Engine::send_callback;
+    p.user_data = op;
+    ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->ep, op->buffer, op->size, op->tag, &p);
+    if (sp == nullptr) {  // done at once (eager), no callback follows
+        op->result.result = RdmaResult::SUCCESS;
+        op->result.bytes_transferred = op->size;
+        op->flags |= kOpCompleted;
+        return;
+    }
+    if (UCS_PTR_IS_ERR(sp)) {
+        finish(op, UCS_PTR_STATUS(sp), 0, 0);
+        return;
+    }
+    if (op->flags & kOpCompleted) return;
+    op->request = sp;
+    track(op);
+}
+
+void Engine::post_recv(Operation* op) noexcept {
+    Connection* conn = primary();
+    if (conn == nullptr) {
+        op->fail_now(RdmaResult::DISCONNECTED, "not connected");
+        return;
+    }
+    op->conn = conn;
+    ucp_request_param_t p;
+    // NO_IMM_CMPL: in UCX 1.13 an immediately completed receive does not report its
+    // length and tag (field notes); the callback path always does.
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    p.cb.recv = &Engine::recv_callback;
+    p.user_data = op;
+    ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag,
+                                           op->tag_mask, &p);
+    if (op->flags & kOpCompleted) return;  // the callback ran inside the call
+    if (UCS_PTR_IS_ERR(sp)) {
+        finish(op, UCS_PTR_STATUS(sp), 0, 0);
+        return;
+    }
+    if (sp == nullptr) {
+        // Not expected with NO_IMM_CMPL; the length is unknown then.
+        BTSP_LOG_WARN("ucp_tag_recv_nbx completed at once despite NO_IMM_CMPL; length unknown");
+        op->result.result = RdmaResult::SUCCESS;
+        op->result.bytes_transferred = op->size;
+        op->flags |= kOpCompleted;
+        return;
+    }
+    op->request = sp;
+    track(op);
+}
+
+void Engine::send_callback(void* request, ucs_status_t status, void* user_data) noexcept {
+    auto* op = static_cast<Operation*>(user_data);
+    ucp_request_free(request);
+    op->request = nullptr;
+    op->engine->finish(op, status, op->size, 0);
+}
+
+void Engine::recv_callback(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
+                           void* user_data) noexcept {
+    auto* op = static_cast<Operation*>(user_data);
+    ucp_request_free(request);
+    op->request = nullptr;
+    op->engine->finish(op, status, info != nullptr ? info->length : 0,
+                       info != nullptr ? info->sender_tag : 0);
+}
+
+void Engine::finish(Operation* op, ucs_status_t status, std::size_t length,
+                    std::uint64_t sender_tag) noexcept {
+    RdmaOpResult& r = op->result;
+    r.status = status;
+    if (status == UCS_OK) {
+        r.result = RdmaResult::SUCCESS;
+        r.bytes_transferred = length;
+        r.sender_tag = sender_tag;
+    } else if (op->flags & kOpCancelling) {
+        r.result = op->cancel_result;
+        r.detail = op->cancel_detail;
+    } else if (op->conn != nullptr && op->conn->phase != ConnPhase::OPEN &&
+               (status == UCS_ERR_CANCELED || is_connection_loss(status))) {
+        r.result = RdmaResult::DISCONNECTED;
+    } else {
+        r.result = map_status(status);
+        if (status == UCS_ERR_MESSAGE_TRUNCATED) r.bytes_transferred = length;
+    }
+    if (op->flags & kOpTracked) untrack(op);
+    complete(op);
+}
+
+void Engine::complete(Operation* op) noexcept {
+    op->flags |= kOpCompleted;
+    if ((op->flags & kOpInUcxCall) == 0) push_ready(op);
+}
+
+void Engine::push_ready(ReadyNode* node) noexcept {
+    node->next_ready = nullptr;
+    if (ready_tail_) ready_tail_->next_ready = node; else ready_head_ = node;
+    ready_tail_ = node;
+}
+
+void Engine::cancel_op(Operation* op, RdmaResult r, const char* why) noexcept {
+    if (op->request == nullptr || (op->flags & kOpCompleted)) return;
+    op->flags |= kOpCancelling;
+    op->cancel_result = r;
+    op->cancel_detail = why;
+    // May run the callback synchronously (then the op completes right here).
+    ucp_request_cancel(worker_, op->request);
+}
+
+void Engine::track(Operation* op) noexcept {
+    op->flags |= kOpTracked;
+    op->reg_prev = nullptr;
+    op->reg_next = tracked_head_;
+    if (tracked_head_) tracked_head_->reg_prev = op;
+    tracked_head_ = op;
+    if (op->conn) ++op->conn->tracked_ops;
+    bool state_may_change = false;
+    if (op->kind == OpKind::SEND) {
+        if (op->conn) ++op->conn->pending_sends;
+        const auto n = sends_in_flight_.load(std::memory_order_relaxed);
+        sends_in_flight_.store(n + 1, std::memory_order_relaxed);
+        state_may_change = n == 0;
+    } else if (op->kind == OpKind::RECV) {
+        const auto n = recvs_in_flight_.load(std::memory_order_relaxed);
+        recvs_in_flight_.store(n + 1, std::memory_order_relaxed);
+        state_may_change = n == 0;
+    }
+    if (state_may_change && waiter_count_.load(std::memory_order_relaxed) != 0) notify_waiters(false);
+}
+
+void Engine::untrack(Operation* op) noexcept {
+    op->flags &= static_cast<std::uint8_t>(~kOpTracked);
+    if (op->reg_prev) op->reg_prev->reg_next = op->reg_next; else tracked_head_ = op->reg_next;
+    if (op->reg_next) op->reg_next->reg_prev = op->reg_prev;
+    op->reg_prev = op->reg_next = nullptr;
+    bool state_may_change = false;
+    if (op->kind == OpKind::SEND) {
+        if (op->conn) --op->conn->pending_sends;
+        const auto n = sends_in_flight_.load(std::memory_order_relaxed);
+        sends_in_flight_.store(n - 1, std::memory_order_relaxed);
+        state_may_change = n == 1;
+    } else if (op->kind == OpKind::RECV) {
+        const auto n = recvs_in_flight_.load(std::memory_order_relaxed);
+        recvs_in_flight_.store(n - 1, std::memory_order_relaxed);
+        state_may_change = n == 1;
+    }
+    if (op->conn) {
+        --op->conn->tracked_ops;
+        maybe_free(op->conn);
+    }
+    if (state_may_change && waiter_count_.load(std::memory_order_relaxed) != 0) notify_waiters(false);
+}
+
+// ---------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------
+
+RdmaState Engine::state() const noexcept {
+    const auto base = static_cast<RdmaState>(base_state_.load(std::memory_order_acquire));
+    if (base != RdmaState::CONNECTED) return base;
+    if (sends_in_flight_.load(std::memory_order_relaxed) != 0) return RdmaState::SENDING;
+    if (recvs_in_flight_.load(std::memory_order_relaxed) != 0) return RdmaState::RECEIVING;
+    return RdmaState::CONNECTED;
+}
+
+bool Engine::state_matches(RdmaState target) const noexcept {
+    const RdmaState s = state();
+    if (target == RdmaState::CONNECTED) return is_connected_state(s);
+    return s == target;
+}
+
+void Engine::set_base_state(RdmaState s) noexcept {
+    const auto old = static_cast<RdmaState>(
+        base_state_.exchange(static_cast<std::uint8_t>(s), std::memory_order_acq_rel));
+    if (old == s) return;
+    BTSP_LOG_INFO("State changed from %s to %s", to_string(old).data(), to_string(s).data());
+    if (waiter_count_.load(std::memory_order_acquire) != 0) notify_waiters(false);
+}
+
+bool Engine::add_waiter(StateChangeAwaitable* w) noexcept {
+    std::lock_guard<std::mutex> lock(waiters_mutex_);
+    if (state_matches(w->target_)) {
+        w->reached_ = true;
+        return false;
+    }
+    if (!running_.load(std::memory_order_acquire)) {
+        w->reached_ = false;
+        return false;
+    }
+    w->prev_ = nullptr;
+    w->next_ = waiters_head_;
+    if (waiters_head_) waiters_head_->prev_ = w;
+    waiters_head_ = w;
+    waiter_count_.fetch_add(1, std::memory_order_release);
+    return true;
+}
+
+void Engine::notify_waiters(bool shutting_down) noexcept {
+    std::lock_guard<std::mutex> lock(waiters_mutex_);
+    for (StateChangeAwaitable* w = waiters_head_; w != nullptr;) {
+        StateChangeAwaitable* next = w->next_;
+        const bool reached = state_matches(w->target_);
+        if (reached || shutting_down) {
+            if (w->prev_) w->prev_->next_ = w->next_; else waiters_head_ = w->next_;
+            if (w->next_) w->next_->prev_ = w->prev_;
+            w->prev_ = w->next_ = nullptr;
+            w->reached_ = reached;
+            waiter_count_.fetch_sub(1, std::memory_order_relaxed);
+            push_ready(static_cast<ReadyNode*>(w));
+        }
+        w = next;
+    }
+}
+
+}  // namespace btsp::detail

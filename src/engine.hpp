@@ -1,0 +1,196 @@
+// The progress engine: owns one UCX worker, runs the progress loop on its thread,
+// posts operations, completes them, and hands the worker over when user code blocks.
+#pragma once
+
+#include "connection.hpp"
+
+#include <btsp/detail/operation.hpp>
+#include <btsp/manager.hpp>
+#include <btsp/options.hpp>
+#include <btsp/types.hpp>
+
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace btsp::detail {
+
+/// Per-thread identity of an engine thread: which engine and which ownership generation.
+struct ThreadCtx {
+    Engine* engine = nullptr;
+    std::uint64_t gen = 0;
+};
+
+class Engine : public std::enable_shared_from_this<Engine> {
+public:
+    explicit Engine(const ManagerOptions& options);
+    ~Engine();
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    // ---- lifecycle (manager API) -----------------------------------------------
+    bool initialize(bool server_mode, std::uint16_t port);
+    void shutdown();
+    std::string last_error() const;
+
+    // ---- operations ----------------------------------------------------------------
+    /// Starts `op` (its waiter is set). Returns true if the caller must suspend (the op
+    /// completes later on the progress thread), false if it already completed.
+    bool start(Operation* op) noexcept;
+    /// Pre-start check: fails `op` at once if the manager cannot run it at all.
+    void precheck(Operation* op) const noexcept;
+
+    // ---- state -------------------------------------------------------------------
+    RdmaState state() const noexcept;
+    bool is_running() const noexcept { return running_.load(std::memory_order_acquire); }
+    bool state_matches(RdmaState target) const noexcept;
+    /// Registers a state waiter. Returns false (with w->reached_ set) if it need not wait.
+    bool add_waiter(StateChangeAwaitable* w) noexcept;
+    std::uint16_t listening_port() const noexcept { return listen_port_.load(std::memory_order_relaxed); }
+    std::size_t connection_count() const noexcept { return live_count_.load(std::memory_order_relaxed); }
+    ucp_context_h context() const noexcept { return context_; }
+    ucp_worker_h worker() const noexcept { return worker_; }
+    ucp_ep_h primary_endpoint() const noexcept { return primary_ep_.load(std::memory_order_acquire); }
+    const ManagerOptions& options() const noexcept { return opts_; }
+
+    // ---- used by connection.cpp and the UCX callbacks (progress thread only) ---------
+    void complete(Operation* op) noexcept;
+    void push_ready(ReadyNode* node) noexcept;
+    void track(Operation* op) noexcept;
+    void untrack(Operation* op) noexcept;
+    void arm_timer(TimerNode* t, std::chrono::steady_clock::time_point deadline) noexcept;
+    void disarm_timer(TimerNode* t) noexcept;
+    void set_base_state(RdmaState s) noexcept;
+    RdmaState idle_state() const noexcept { return listener_ ? RdmaState::LISTENING : RdmaState::IDLE; }
+
+    // connection.cpp
+    void start_connect(Operation* op) noexcept;
+    void start_listen(Operation* op) noexcept;
+    void on_conn_request(ucp_conn_request_h req) noexcept;
+    void on_connection_error(Connection* c, ucs_status_t status) noexcept;
+    void on_connect_flushed(Connection* c, ucs_status_t status) noexcept;
+    void on_connect_timeout(Connection* c) noexcept;
+    void on_close_done(Connection* c) noexcept;
+    void process_deferred() noexcept;
+    void finish(Operation* op, ucs_status_t status, std::size_t length, std::uint64_t sender_tag) noexcept;
+    void close_connection(Connection* c, bool force) noexcept;
+    void maybe_free(Connection* c) noexcept;
+    void accept(ucp_conn_request_h req) noexcept;
+    void add_live(Connection* c) noexcept;
+    void remove_live(Connection* c) noexcept;
+
+private:
+    friend class ::btsp::CoroutineRdmaManager;
+
+    enum : std::uint64_t { kLoop = 0, kUser = 1, kLib = 2 };
+    static std::uint64_t ctl(std::uint64_t gen, std::uint64_t mode) noexcept { return gen << 2 | mode; }
+
+    // UCX setup / teardown
+    bool create_worker(bool with_shm_eh, std::string& err) noexcept;
+    bool create_listener(std::uint16_t port, std::string& err) noexcept;
+    void destroy_listener() noexcept;
+    void teardown() noexcept;
+
+    // threads
+    void spawn_thread(void (*fn)(std::shared_ptr<Engine>, std::uint64_t), std::uint64_t gen);
+    static void owner_thread_main(std::shared_ptr<Engine> self, std::uint64_t gen);
+    static void watchdog_thread_main(std::shared_ptr<Engine> self, std::uint64_t gen);
+    bool owner_loop(ThreadCtx* ctx) noexcept;  // true if the worker was taken over
+    bool watchdog_loop(ThreadCtx* ctx) noexcept;
+    void thread_exit() noexcept;
+    bool run_ready(ThreadCtx* ctx) noexcept;
+    void idle_wait() noexcept;
+    void wake() noexcept;
+    bool run_timers() noexcept;
+
+    // operations
+    void post(Operation* op) noexcept;
+    void post_send(Operation* op) noexcept;
+    void post_recv(Operation* op) noexcept;
+    bool drain_submissions() noexcept;
+    void cancel_op(Operation* op, RdmaResult r, const char* why) noexcept;
+    Connection* primary() const noexcept { return live_head_; }
+    void notify_waiters(bool shutting_down) noexcept;
+
+    static void send_callback(void* request, ucs_status_t status, void* user_data) noexcept;
+    static void recv_callback(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
+                              void* user_data) noexcept;
+
+    ManagerOptions opts_;
+
+    // UCX resources (progress thread after initialize)
+    ucp_context_h context_ = nullptr;
+    ucp_worker_h worker_ = nullptr;
+    ucp_listener_h listener_ = nullptr;
+    int worker_fd_ = -1;
+    int epoll_fd_ = -1;
+    int wake_fd_ = -1;  // eventfd: cross-thread wake-ups
+
+    // state visible to every thread
+    std::atomic<bool> initialized_{false};
+    std::atomic<bool> running_{false};
+    std::atomic<bool> started_{false};
+    std::atomic<std::uint8_t> base_state_{static_cast<std::uint8_t>(RdmaState::IDLE)};
+    std::atomic<std::uint32_t> sends_in_flight_{0};  // written by the owner only
+    std::atomic<std::uint32_t> recvs_in_flight_{0};  // written by the owner only
+    std::atomic<std::size_t> live_count_{0};
+    std::atomic<std::uint16_t> listen_port_{0};
+    std::atomic<ucp_ep_h> primary_ep_{nullptr};
+
+    // ownership of the worker (see docs/architecture.md, "progress hand-off")
+    std::atomic<std::uint64_t> ctl_{0};
+    std::atomic<std::uint64_t> resume_count_{0};
+
+    // cross-thread submission (Treiber stack, drained whole) and wake-up
+    std::atomic<Operation*> submit_head_{nullptr};
+    std::atomic<bool> sleeping_{false};
+    std::atomic<bool> stop_requested_{false};
+    std::atomic<int> submitters_{0};
+
+    // progress-thread-only data
+    ReadyNode* ready_head_ = nullptr;
+    ReadyNode* ready_tail_ = nullptr;
+    Operation* tracked_head_ = nullptr;
+    TimerNode* timers_head_ = nullptr;
+    Connection* all_head_ = nullptr;
+    Connection* live_head_ = nullptr;
+    Connection* live_tail_ = nullptr;
+    Connection* failed_head_ = nullptr;
+    std::vector<ucp_conn_request_h> pending_requests_;  // answered after progress returns
+    std::uint64_t next_conn_id_ = 1;
+    bool tearing_down_ = false;
+    std::atomic<int> blocked_threads_{0};
+    bool torn_down_ = false;
+    std::chrono::steady_clock::time_point last_activity_{};
+    std::uint32_t idle_iterations_ = 0;
+
+    // state waiters
+    std::mutex waiters_mutex_;
+    StateChangeAwaitable* waiters_head_ = nullptr;
+    std::atomic<int> waiter_count_{0};
+
+    // threads
+    std::mutex threads_mutex_;
+    std::condition_variable threads_cv_;
+    int live_threads_ = 0;
+    int total_threads_ = 0;
+    bool watchdog_stop_ = false;
+    std::condition_variable watchdog_cv_;
+    std::atomic<bool> loop_exited_{false};
+
+    mutable std::mutex error_mutex_;
+    std::string last_error_;
+
+};
+
+/// The engine thread context of the calling thread, or nullptr.
+ThreadCtx* current_thread_ctx() noexcept;
+
+}  // namespace btsp::detail

@@ -1,0 +1,137 @@
+// CoroutineRdmaManager and its awaitables: thin forwarding to the engine.
+#include "engine.hpp"
+
+#include <btsp/manager.hpp>
+
+namespace btsp {
+namespace {
+
+void resume_operation(detail::ReadyNode* node) noexcept {
+    static_cast<detail::Operation*>(node)->waiter.resume();
+}
+
+}  // namespace
+
+// ---- RdmaAwaitable ---------------------------------------------------------------------
+
+RdmaAwaitable::RdmaAwaitable(RdmaAwaitable&& other) noexcept
+    : op_(other.op_), host_(std::move(other.host_)) {
+    op_.host = host_.c_str();
+}
+
+bool RdmaAwaitable::await_suspend(std::coroutine_handle<> awaiting) noexcept {
+    op_.waiter = awaiting;
+    op_.host = host_.c_str();
+    return op_.engine->start(&op_);
+}
+
+// ---- StateChangeAwaitable --------------------------------------------------------------
+
+StateChangeAwaitable::StateChangeAwaitable(detail::Engine* engine, RdmaState target) noexcept
+    : engine_(engine), target_(target) {
+    on_ready = &StateChangeAwaitable::resume_waiter;
+}
+
+StateChangeAwaitable::StateChangeAwaitable(StateChangeAwaitable&& other) noexcept
+    : engine_(other.engine_), target_(other.target_) {
+    on_ready = &StateChangeAwaitable::resume_waiter;
+}
+
+bool StateChangeAwaitable::await_ready() noexcept {
+    if (engine_ == nullptr) return true;
+    if (engine_->state_matches(target_)) {
+        reached_ = true;
+        return true;
+    }
+    return !engine_->is_running();
+}
+
+bool StateChangeAwaitable::await_suspend(std::coroutine_handle<> awaiting) noexcept {
+    waiter_ = awaiting;
+    return engine_->add_waiter(this);
+}
+
+void StateChangeAwaitable::resume_waiter(detail::ReadyNode* node) noexcept {
+    static_cast<StateChangeAwaitable*>(node)->waiter_.resume();
+}
+
+// ---- CoroutineRdmaManager --------------------------------------------------------------
+
+CoroutineRdmaManager::CoroutineRdmaManager() : CoroutineRdmaManager(ManagerOptions::from_env()) {}
+
+CoroutineRdmaManager::CoroutineRdmaManager(ManagerOptions options)
+    : options_(std::move(options)), engine_(std::make_shared<detail::Engine>(options_)) {}
+
+CoroutineRdmaManager::~CoroutineRdmaManager() { engine_->shutdown(); }
+
+bool CoroutineRdmaManager::initialize(bool server_mode, std::uint16_t port) {
+    return engine_->initialize(server_mode, port);
+}
+
+void CoroutineRdmaManager::shutdown() { engine_->shutdown(); }
+
+RdmaAwaitable CoroutineRdmaManager::make_op(detail::OpKind kind, const void* data, std::size_t size,
+                                            std::uint64_t tag, std::uint64_t mask) {
+    RdmaAwaitable a;
+    a.op_.engine = engine_.get();
+    a.op_.on_ready = &resume_operation;
+    a.op_.kind = kind;
+    a.op_.buffer = data;
+    a.op_.size = size;
+    a.op_.tag = tag;
+    a.op_.tag_mask = mask;
+    return a;
+}
+
+RdmaAwaitable CoroutineRdmaManager::tag_send(const void* data, std::size_t size, std::uint64_t tag) {
+    RdmaAwaitable a = make_op(detail::OpKind::SEND, data, size, tag, ~std::uint64_t{0});
+    engine_->precheck(&a.op_);
+    return a;
+}
+
+RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::uint64_t tag) {
+    return tag_recv(data, size, tag, ~std::uint64_t{0});
+}
+
+RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::uint64_t tag,
+                                             std::uint64_t tag_mask) {
+    RdmaAwaitable a = make_op(detail::OpKind::RECV, data, size, tag, tag_mask);
+    engine_->precheck(&a.op_);
+    return a;
+}
+
+RdmaAwaitable CoroutineRdmaManager::connect(const std::string& remote_addr, std::uint16_t remote_port) {
+    RdmaAwaitable a = make_op(detail::OpKind::CONNECT, nullptr, 0, 0, 0);
+    a.host_ = remote_addr;
+    a.op_.host = a.host_.c_str();
+    a.op_.port = remote_port;
+    engine_->precheck(&a.op_);
+    return a;
+}
+
+RdmaAwaitable CoroutineRdmaManager::listen(std::uint16_t port) {
+    RdmaAwaitable a = make_op(detail::OpKind::LISTEN, nullptr, 0, 0, 0);
+    a.op_.port = port;
+    engine_->precheck(&a.op_);
+    return a;
+}
+
+StateChangeAwaitable CoroutineRdmaManager::wait_for_state(RdmaState target_state) {
+    return StateChangeAwaitable(engine_.get(), target_state);
+}
+
+StateChangeAwaitable CoroutineRdmaManager::wait_for_connection() {
+    return wait_for_state(RdmaState::CONNECTED);
+}
+
+RdmaState CoroutineRdmaManager::get_state() const noexcept { return engine_->state(); }
+bool CoroutineRdmaManager::is_connected() const noexcept { return is_connected_state(engine_->state()); }
+bool CoroutineRdmaManager::is_running() const noexcept { return engine_->is_running(); }
+std::uint16_t CoroutineRdmaManager::listening_port() const noexcept { return engine_->listening_port(); }
+std::size_t CoroutineRdmaManager::connection_count() const noexcept { return engine_->connection_count(); }
+std::string CoroutineRdmaManager::last_error() const { return engine_->last_error(); }
+ucp_context_h CoroutineRdmaManager::ucx_context() const noexcept { return engine_->context(); }
+ucp_worker_h CoroutineRdmaManager::ucx_worker() const noexcept { return engine_->worker(); }
+ucp_ep_h CoroutineRdmaManager::ucx_endpoint() const noexcept { return engine_->primary_endpoint(); }
+
+}  // namespace btsp
