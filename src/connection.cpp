@@ -1,7 +1,10 @@
-// Connections: client connect (sockaddr flow + wire-up flush + deadline), server accept,
-// failure handling, closing. All of it runs on the progress thread.
+// Connections: client connect (sockaddr flow, handshake, deadline), server accept,
+// failure handling, closing. All of it runs on the progress thread; UCX callbacks only
+// record what happened, and the work that calls UCX again runs in process_deferred()
+// after ucp_worker_progress has returned.
 #include "engine.hpp"
 
+#include "handshake.hpp"
 #include "status.hpp"
 
 #include <btsp/log.hpp>
@@ -18,40 +21,82 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-void ep_error_callback(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
+void ep_error_callback(void* arg, ucp_ep_h ep, ucs_status_t status) {
     auto* conn = static_cast<Connection*>(arg);
-    conn->engine->on_connection_error(conn, status);
+    conn->engine->on_endpoint_error(conn, ep, status);
 }
 
-void flush_callback(void* request, ucs_status_t status, void* user_data) {
+void sock_flush_callback(void* request, ucs_status_t status, void* user_data) {
     auto* conn = static_cast<Connection*>(user_data);
     ucp_request_free(request);
     --conn->ucx_refs;
-    conn->engine->on_connect_flushed(conn, status);
+    conn->engine->on_sock_flushed(conn, status);
 }
 
-void close_callback(void* request, ucs_status_t /*status*/, void* user_data) {
+void fast_flush_callback(void* request, ucs_status_t status, void* user_data) {
     auto* conn = static_cast<Connection*>(user_data);
     ucp_request_free(request);
-    conn->close_request = nullptr;
+    --conn->ucx_refs;
+    conn->engine->on_fast_flushed(conn, status);
+}
+
+void ctrl_send_callback(void* request, ucs_status_t /*status*/, void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    ucp_request_free(request);
+    --conn->ucx_refs;
+    conn->engine->maybe_free(conn);
+}
+
+void offer_recv_callback(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
+                         void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    ucp_request_free(request);
+    conn->offer_req = nullptr;
+    conn->offer_done = true;
+    conn->offer_status = status;
+    conn->offer_length = info != nullptr ? info->length : 0;
+    --conn->ucx_refs;
+    conn->engine->on_offer_received(conn);
+}
+
+void close_sock_callback(void* request, ucs_status_t /*status*/, void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    ucp_request_free(request);
+    conn->close_req_sock = nullptr;
+    --conn->ucx_refs;
+    conn->engine->on_close_done(conn);
+}
+
+ucs_status_ptr_t close_endpoint(ucp_ep_h ep, Connection* conn, ucp_send_nbx_callback_t cb, bool force) {
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    p.cb.send = cb;
+    p.user_data = conn;
+    p.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    return ucp_ep_close_nbx(ep, &p);
+}
+
+void close_fast_callback(void* request, ucs_status_t /*status*/, void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    ucp_request_free(request);
+    conn->close_req_fast = nullptr;
     --conn->ucx_refs;
     conn->engine->on_close_done(conn);
 }
 
 std::string format_addr(const sockaddr* sa) {
     char host[INET6_ADDRSTRLEN] = "?";
-    std::uint16_t port = 0;
     if (sa->sa_family == AF_INET) {
         const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
         inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        port = ntohs(in->sin_port);
-    } else if (sa->sa_family == AF_INET6) {
+        return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+    }
+    if (sa->sa_family == AF_INET6) {
         const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-        port = ntohs(in6->sin6_port);
-        return std::string("[") + host + "]:" + std::to_string(port);
+        return std::string("[") + host + "]:" + std::to_string(ntohs(in6->sin6_port));
     }
-    return std::string(host) + ":" + std::to_string(port);
+    return "?";
 }
 
 // Numeric addresses resolve without touching DNS; names go through getaddrinfo, IPv4
@@ -59,13 +104,13 @@ std::string format_addr(const sockaddr* sa) {
 bool resolve(const char* host, std::uint16_t port, sockaddr_storage& out, socklen_t& len) {
     std::memset(&out, 0, sizeof out);
     auto* in = reinterpret_cast<sockaddr_in*>(&out);
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&out);
     if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
         in->sin_family = AF_INET;
         in->sin_port = htons(port);
         len = sizeof(sockaddr_in);
         return true;
     }
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&out);
     if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons(port);
@@ -85,7 +130,7 @@ bool resolve(const char* host, std::uint16_t port, sockaddr_storage& out, sockle
         }
     }
     bool ok = false;
-    if (pick->ai_family == AF_INET || pick->ai_family == AF_INET6) {
+    if ((pick->ai_family == AF_INET || pick->ai_family == AF_INET6) && pick->ai_addrlen <= sizeof out) {
         std::memcpy(&out, pick->ai_addr, pick->ai_addrlen);
         len = static_cast<socklen_t>(pick->ai_addrlen);
         if (pick->ai_family == AF_INET) in->sin_port = htons(port); else in6->sin6_port = htons(port);
@@ -95,7 +140,28 @@ bool resolve(const char* host, std::uint16_t port, sockaddr_storage& out, sockle
     return ok;
 }
 
+ucs_status_t create_ep_from_address(ucp_worker_h worker, const std::uint8_t* address, Connection* conn,
+                                    ucp_ep_h* ep) {
+    ucp_ep_params_t p{};
+    p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLER |
+                   UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    p.address = reinterpret_cast<const ucp_address_t*>(address);
+    p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    p.err_handler.cb = &ep_error_callback;
+    p.err_handler.arg = conn;
+    return ucp_ep_create(worker, &p, ep);
+}
+
 }  // namespace
+
+// ---- lists -------------------------------------------------------------------------------
+
+void Engine::link_connection(Connection* c) noexcept {
+    c->all_prev = nullptr;
+    c->all_next = all_head_;
+    if (all_head_) all_head_->all_prev = c;
+    all_head_ = c;
+}
 
 void Engine::add_live(Connection* c) noexcept {
     c->phase = ConnPhase::OPEN;
@@ -104,7 +170,7 @@ void Engine::add_live(Connection* c) noexcept {
     if (live_tail_) live_tail_->live_next = c; else live_head_ = c;
     live_tail_ = c;
     live_count_.fetch_add(1, std::memory_order_relaxed);
-    primary_ep_.store(live_head_->ep, std::memory_order_release);
+    primary_ep_.store(live_head_->data_ep(), std::memory_order_release);
 }
 
 void Engine::remove_live(Connection* c) noexcept {
@@ -112,8 +178,24 @@ void Engine::remove_live(Connection* c) noexcept {
     if (c->live_next) c->live_next->live_prev = c->live_prev; else live_tail_ = c->live_prev;
     c->live_prev = c->live_next = nullptr;
     live_count_.fetch_sub(1, std::memory_order_relaxed);
-    primary_ep_.store(live_head_ ? live_head_->ep : nullptr, std::memory_order_release);
+    primary_ep_.store(live_head_ ? live_head_->data_ep() : nullptr, std::memory_order_release);
 }
+
+void Engine::defer(Connection* c) noexcept {
+    if (c->in_deferred_list) return;
+    c->in_deferred_list = true;
+    c->deferred_next = deferred_head_;
+    deferred_head_ = c;
+}
+
+void Engine::arm_conn_timer(TimerNode* t, Connection* c, void (*fire)(TimerNode*) noexcept,
+                            std::chrono::milliseconds after) noexcept {
+    t->fire = fire;
+    t->ctx = c;
+    arm_timer(t, Clock::now() + after);
+}
+
+// ---- client ------------------------------------------------------------------------------
 
 void Engine::start_connect(Operation* op) noexcept {
     if (live_head_ != nullptr) {
@@ -149,7 +231,7 @@ void Engine::start_connect(Operation* op) noexcept {
     ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = &ep_error_callback;
     ep.err_handler.arg = conn;
-    const ucs_status_t st = ucp_ep_create(worker_, &ep, &conn->ep);
+    const ucs_status_t st = ucp_ep_create(worker_, &ep, &conn->ep_sock);
     if (st != UCS_OK) {
         BTSP_LOG_WARN("connect to %s: ucp_ep_create: %s", conn->peer.c_str(), ucs_status_string(st));
         delete conn;
@@ -159,41 +241,67 @@ void Engine::start_connect(Operation* op) noexcept {
                      nullptr);
         return;
     }
-    conn->all_next = all_head_;
-    if (all_head_) all_head_->all_prev = conn;
-    all_head_ = conn;
+    link_connection(conn);
     conn->phase = ConnPhase::CONNECTING;
     conn->connect_op = op;
     op->conn = conn;
     track(op);
     set_base_state(RdmaState::CONNECTING);
     BTSP_LOG_DEBUG("connecting to %s", conn->peer.c_str());
+    arm_conn_timer(&conn->connect_timer, conn,
+                   [](TimerNode* t) noexcept {
+                       auto* c = static_cast<Connection*>(t->ctx);
+                       c->engine->on_connect_timeout(c);
+                   },
+                   opts_.connect_timeout);
+
+    if (opts_.fast_path && local_address_ != nullptr) {
+        // A btsp server sends its worker address as soon as it accepts us.
+        try {
+            conn->ctrl_in.resize(kCtrlBufferSize);
+        } catch (...) {
+            conn->ctrl_in.clear();
+        }
+        if (!conn->ctrl_in.empty()) {
+            ucp_request_param_t p;
+            p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                             UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+            p.cb.recv = &offer_recv_callback;
+            p.user_data = conn;
+            ++conn->ucx_refs;
+            conn->offer_in_call = true;
+            ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker_, conn->ctrl_in.data(), conn->ctrl_in.size(),
+                                                   kTagOffer, ~std::uint64_t{0}, &p);
+            conn->offer_in_call = false;
+            if (UCS_PTR_IS_ERR(sp)) {
+                --conn->ucx_refs;
+                BTSP_LOG_DEBUG("handshake receive not posted: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
+            } else if (!conn->offer_done) {
+                conn->offer_req = sp;
+            }
+        }
+    }
 
     // UCX reports no "connected" event: a flush completes once wire-up is done.
     ucp_request_param_t p;
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = &flush_callback;
+    p.cb.send = &sock_flush_callback;
     p.user_data = conn;
-    ucs_status_ptr_t sp = ucp_ep_flush_nbx(conn->ep, &p);
+    ucs_status_ptr_t sp = ucp_ep_flush_nbx(conn->ep_sock, &p);
     if (sp == nullptr) {
-        on_connect_flushed(conn, UCS_OK);
-        return;
-    }
-    if (UCS_PTR_IS_ERR(sp)) {
+        on_sock_flushed(conn, UCS_OK);
+    } else if (UCS_PTR_IS_ERR(sp)) {
         on_connection_error(conn, UCS_PTR_STATUS(sp));
-        return;
+    } else {
+        ++conn->ucx_refs;
     }
-    ++conn->ucx_refs;
-    conn->connect_timer.fire = [](TimerNode* t) noexcept {
-        auto* c = static_cast<Connection*>(t->ctx);
-        c->engine->on_connect_timeout(c);
-    };
-    conn->connect_timer.ctx = conn;
-    arm_timer(&conn->connect_timer, Clock::now() + opts_.connect_timeout);
 }
 
-void Engine::on_connect_flushed(Connection* conn, ucs_status_t status) noexcept {
-    if (conn->phase != ConnPhase::CONNECTING) {
+// UCX 1.13 mis-sizes eager messages posted on an endpoint whose wire-up is not finished
+// (seen: "mm_ep.c: Invalid am_short length" and the message lost), so nothing is sent on
+// an endpoint before its first flush completes.
+void Engine::on_sock_flushed(Connection* conn, ucs_status_t status) noexcept {
+    if (conn->phase != ConnPhase::CONNECTING && conn->phase != ConnPhase::HANDSHAKE) {
         maybe_free(conn);
         return;
     }
@@ -201,7 +309,126 @@ void Engine::on_connect_flushed(Connection* conn, ucs_status_t status) noexcept 
         on_connection_error(conn, status);
         return;
     }
+    conn->sock_flushed = true;
+    if (!conn->is_client) {
+        // Server: offer our worker address; a btsp client answers with its own.
+        if (!send_ctrl(conn, CtrlType::OFFER)) {
+            become_open(conn);
+            return;
+        }
+        post_accept_recv();
+        arm_conn_timer(&conn->grace_timer, conn,
+                       [](TimerNode* t) noexcept {
+                           auto* c = static_cast<Connection*>(t->ctx);
+                           c->engine->on_grace_expired(c);
+                       },
+                       opts_.handshake_grace);
+        return;
+    }
+    if (conn->offer_arrived) {  // the fast endpoint is being wired up
+        if (conn->accept_pending) {
+            conn->accept_pending = false;
+            send_ctrl(conn, CtrlType::ACCEPT);
+        }
+        return;
+    }
+    if (conn->offer_req == nullptr && !conn->offer_done) {
+        // No handshake possible (fast path off): the sockaddr endpoint carries data.
+        become_open(conn);
+        return;
+    }
+    // Wait a little for a btsp server's OFFER; a plain UCP server never sends one.
+    arm_conn_timer(&conn->grace_timer, conn,
+                   [](TimerNode* t) noexcept {
+                       auto* c = static_cast<Connection*>(t->ctx);
+                       c->engine->on_grace_expired(c);
+                   },
+                   opts_.handshake_grace);
+}
+
+// Inside progress (or inside ucp_tag_recv_nbx): just queue the work.
+void Engine::on_offer_received(Connection* conn) noexcept {
+    conn->events |= kEvOfferArrived;
+    defer(conn);
+}
+
+void Engine::handle_offer(Connection* conn) noexcept {
+    if (conn->phase != ConnPhase::CONNECTING) return;
+    CtrlMessage msg;
+    if (conn->offer_status != UCS_OK ||
+        !decode_ctrl(conn->ctrl_in.data(), conn->offer_length, msg) || msg.type != CtrlType::OFFER) {
+        if (conn->offer_status != UCS_ERR_CANCELED)
+            BTSP_LOG_WARN("connect to %s: malformed handshake offer (%s, %zu bytes); using the sockaddr path",
+                          conn->peer.c_str(), ucs_status_string(conn->offer_status), conn->offer_length);
+        if (conn->sock_flushed) become_open(conn);
+        return;
+    }
+    disarm_timer(&conn->grace_timer);
+    conn->offer_arrived = true;
+    conn->token = msg.token;
+    ucp_ep_h fast = nullptr;
+    ucs_status_t st = create_ep_from_address(worker_, msg.address, conn, &fast);
+    if (st != UCS_OK) {
+        BTSP_LOG_WARN("connect to %s: endpoint from worker address: %s; using the sockaddr path",
+                      conn->peer.c_str(), ucs_status_string(st));
+        conn->offer_arrived = false;
+        if (conn->sock_flushed) become_open(conn);
+        return;
+    }
+    conn->ep_fast = fast;
+    if (conn->sock_flushed) {
+        send_ctrl(conn, CtrlType::ACCEPT);
+    } else {
+        conn->accept_pending = true;
+    }
+    flush_fast(conn);
+}
+
+void Engine::flush_fast(Connection* conn) noexcept {
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = &fast_flush_callback;
+    p.user_data = conn;
+    ucs_status_ptr_t sp = ucp_ep_flush_nbx(conn->ep_fast, &p);
+    if (sp == nullptr) {
+        on_fast_flushed(conn, UCS_OK);
+    } else if (UCS_PTR_IS_ERR(sp)) {
+        on_connection_error(conn, UCS_PTR_STATUS(sp));
+    } else {
+        ++conn->ucx_refs;
+    }
+}
+
+void Engine::on_fast_flushed(Connection* conn, ucs_status_t status) noexcept {
+    if (conn->phase != ConnPhase::CONNECTING && conn->phase != ConnPhase::HANDSHAKE) {
+        maybe_free(conn);
+        return;
+    }
+    if (status != UCS_OK) {
+        on_connection_error(conn, status);
+        return;
+    }
+    become_open(conn);
+}
+
+void Engine::on_grace_expired(Connection* conn) noexcept {
+    if (conn->phase == ConnPhase::CONNECTING && !conn->offer_arrived) {
+        BTSP_LOG_DEBUG("%s sent no handshake: plain UCP peer, data stays on the sockaddr endpoint",
+                       conn->peer.c_str());
+        if (conn->offer_req != nullptr) {
+            ucp_request_cancel(worker_, conn->offer_req);  // callback queues a no-op event
+        }
+        become_open(conn);
+    } else if (conn->phase == ConnPhase::HANDSHAKE && conn->ep_fast == nullptr) {
+        BTSP_LOG_DEBUG("%s sent no handshake: plain UCP peer, data stays on the sockaddr endpoint",
+                       conn->peer.c_str());
+        become_open(conn);
+    }
+}
+
+void Engine::become_open(Connection* conn) noexcept {
     disarm_timer(&conn->connect_timer);
+    disarm_timer(&conn->grace_timer);
     add_live(conn);
     if (Operation* op = conn->connect_op) {
         conn->connect_op = nullptr;
@@ -210,8 +437,37 @@ void Engine::on_connect_flushed(Connection* conn, ucs_status_t status) noexcept 
         op->result.status = UCS_OK;
         complete(op);
     }
-    BTSP_LOG_INFO("connected to %s", conn->peer.c_str());
+    BTSP_LOG_INFO("%s %s (%s)", conn->is_client ? "connected to" : "accepted connection from",
+                  conn->peer.c_str(), conn->ep_fast != nullptr ? "worker-address endpoint" : "sockaddr endpoint");
+    // With the data on the worker-address endpoint, the sockaddr one only costs: keeping
+    // its tcp interface active adds a syscall to every progress call. The server closes
+    // it; the client sees the reset and closes its side (on_endpoint_error).
+    if (conn->ep_fast != nullptr && !conn->is_client) retire_sock(conn);
     set_base_state(RdmaState::CONNECTED);
+}
+
+void Engine::retire_sock(Connection* conn) noexcept {
+    if (conn->ep_sock == nullptr) return;
+    ucs_status_ptr_t sp = close_endpoint(conn->ep_sock, conn, &close_sock_callback, false);
+    conn->ep_sock = nullptr;
+    if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) {
+        conn->close_req_sock = sp;
+        ++conn->ucx_refs;
+        ++conn->closes_pending;
+    }
+}
+
+void Engine::on_endpoint_error(Connection* conn, ucp_ep_h ep, ucs_status_t status) noexcept {
+    if (conn->ep_fast != nullptr && ep != conn->ep_fast) {
+        // The sockaddr endpoint after the data moved: a reset is the peer retiring it.
+        if (ep == conn->ep_sock && status == UCS_ERR_CONNECTION_RESET && conn->phase == ConnPhase::OPEN) {
+            conn->events |= kEvRetireSock;
+            defer(conn);
+            return;
+        }
+        if (ep != conn->ep_sock) return;  // already closed by us
+    }
+    on_connection_error(conn, status);
 }
 
 void Engine::on_connect_timeout(Connection* conn) noexcept {
@@ -220,6 +476,7 @@ void Engine::on_connect_timeout(Connection* conn) noexcept {
                   static_cast<long long>(opts_.connect_timeout.count()));
     conn->phase = ConnPhase::FAILED;
     conn->error = UCS_ERR_TIMED_OUT;
+    disarm_timer(&conn->grace_timer);
     if (Operation* op = conn->connect_op) {
         conn->connect_op = nullptr;
         untrack(op);
@@ -228,71 +485,11 @@ void Engine::on_connect_timeout(Connection* conn) noexcept {
         op->result.detail = "connect timed out";
         complete(op);
     }
-    if (!conn->in_failed_list) {
-        conn->in_failed_list = true;
-        conn->failed_next = failed_head_;
-        failed_head_ = conn;
-    }
+    defer(conn);
     if (live_head_ == nullptr) set_base_state(idle_state());
 }
 
-// Runs inside ucp_worker_progress (UCX's endpoint error callback): only record the
-// failure; cancelling and closing happen in process_deferred() once progress returned.
-void Engine::on_connection_error(Connection* conn, ucs_status_t status) noexcept {
-    if (conn->phase == ConnPhase::FAILED || conn->phase == ConnPhase::CLOSING ||
-        conn->phase == ConnPhase::CLOSED)
-        return;
-    const bool was_open = conn->phase == ConnPhase::OPEN;
-    conn->phase = ConnPhase::FAILED;
-    conn->error = status;
-    disarm_timer(&conn->connect_timer);
-    if (was_open) {
-        remove_live(conn);
-        BTSP_LOG_INFO("connection to %s lost: %s", conn->peer.c_str(), ucs_status_string(status));
-    } else {
-        BTSP_LOG_INFO("connect to %s failed: %s", conn->peer.c_str(), ucs_status_string(status));
-    }
-    if (Operation* op = conn->connect_op) {
-        conn->connect_op = nullptr;
-        untrack(op);
-        op->result.status = status;
-        op->result.result = is_connection_loss(status) || status == UCS_ERR_CANCELED
-                                ? RdmaResult::DISCONNECTED
-                                : map_status(status);
-        complete(op);
-    }
-    if (!conn->in_failed_list) {
-        conn->in_failed_list = true;
-        conn->failed_next = failed_head_;
-        failed_head_ = conn;
-    }
-    if (live_head_ == nullptr && !tearing_down_) set_base_state(idle_state());
-}
-
-void Engine::process_deferred() noexcept {
-    while (Connection* conn = failed_head_) {
-        failed_head_ = conn->failed_next;
-        conn->failed_next = nullptr;
-        conn->in_failed_list = false;
-        // Receives bound to this connection would wait forever (they are per worker).
-        for (Operation* op = tracked_head_; op != nullptr;) {
-            Operation* next = op->reg_next;
-            if (op->kind == OpKind::RECV && op->conn == conn)
-                cancel_op(op, RdmaResult::DISCONNECTED, "connection lost");
-            op = next;
-        }
-        // Pending sends complete through UCX once the endpoint is force-closed.
-        if (conn->ep != nullptr && conn->phase == ConnPhase::FAILED) close_connection(conn, true);
-    }
-    if (!pending_requests_.empty()) {
-        // accept() may not add to the vector (only the conn handler does, inside progress).
-        std::vector<ucp_conn_request_h> reqs;
-        reqs.swap(pending_requests_);
-        for (ucp_conn_request_h req : reqs) accept(req);
-        reqs.clear();
-        if (pending_requests_.empty()) pending_requests_.swap(reqs);  // keep the capacity
-    }
-}
+// ---- server ------------------------------------------------------------------------------
 
 void Engine::on_conn_request(ucp_conn_request_h req) noexcept {
     try {
@@ -326,18 +523,196 @@ void Engine::accept(ucp_conn_request_h req) noexcept {
     ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = &ep_error_callback;
     ep.err_handler.arg = conn;
-    const ucs_status_t st = ucp_ep_create(worker_, &ep, &conn->ep);
+    const ucs_status_t st = ucp_ep_create(worker_, &ep, &conn->ep_sock);
     if (st != UCS_OK) {
         BTSP_LOG_WARN("accepting %s: ucp_ep_create: %s", conn->peer.c_str(), ucs_status_string(st));
         delete conn;
         return;
     }
-    conn->all_next = all_head_;
-    if (all_head_) all_head_->all_prev = conn;
-    all_head_ = conn;
-    add_live(conn);
-    BTSP_LOG_INFO("accepted connection from %s", conn->peer.c_str());
-    set_base_state(RdmaState::CONNECTED);
+    link_connection(conn);
+    BTSP_LOG_DEBUG("connection request from %s", conn->peer.c_str());
+    if (!opts_.fast_path || local_address_ == nullptr) {
+        become_open(conn);
+        return;
+    }
+    conn->phase = ConnPhase::HANDSHAKE;
+    conn->token = token_seed_ ^ (conn->id * 0x9E3779B97F4A7C15ull);
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = &sock_flush_callback;
+    p.user_data = conn;
+    ucs_status_ptr_t sp = ucp_ep_flush_nbx(conn->ep_sock, &p);
+    if (sp == nullptr) {
+        on_sock_flushed(conn, UCS_OK);
+    } else if (UCS_PTR_IS_ERR(sp)) {
+        on_connection_error(conn, UCS_PTR_STATUS(sp));
+    } else {
+        ++conn->ucx_refs;
+    }
+}
+
+bool Engine::send_ctrl(Connection* conn, CtrlType type) noexcept {
+    try {
+        if (!encode_ctrl(type, conn->token, local_address_, local_address_length_, conn->ctrl_out))
+            return false;
+    } catch (...) {
+        return false;
+    }
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = &ctrl_send_callback;
+    p.user_data = conn;
+    ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->ep_sock, conn->ctrl_out.data(), conn->ctrl_out.size(),
+                                           type == CtrlType::OFFER ? kTagOffer : kTagAccept, &p);
+    if (UCS_PTR_IS_ERR(sp)) {
+        BTSP_LOG_DEBUG("handshake send to %s: %s", conn->peer.c_str(), ucs_status_string(UCS_PTR_STATUS(sp)));
+        return false;
+    }
+    if (sp != nullptr) ++conn->ucx_refs;
+    return true;
+}
+
+void Engine::post_accept_recv() noexcept {
+    if (accept_req_ != nullptr || tearing_down_) return;
+    try {
+        if (accept_buf_.empty()) accept_buf_.resize(kCtrlBufferSize);
+    } catch (...) {
+        return;
+    }
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    p.cb.recv = [](void* request, ucs_status_t status, const ucp_tag_recv_info_t* info, void* user_data) {
+        auto* e = static_cast<Engine*>(user_data);
+        ucp_request_free(request);
+        e->accept_req_ = nullptr;
+        e->accept_done_ = true;
+        e->accept_status_ = status;
+        e->accept_length_ = info != nullptr ? info->length : 0;
+    };
+    p.user_data = this;
+    accept_done_ = false;
+    accept_in_call_ = true;
+    ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker_, accept_buf_.data(), accept_buf_.size(), kTagAccept,
+                                           ~std::uint64_t{0}, &p);
+    accept_in_call_ = false;
+    if (UCS_PTR_IS_ERR(sp)) {
+        BTSP_LOG_WARN("handshake receive: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
+    } else if (!accept_done_) {
+        accept_req_ = sp;
+    }
+}
+
+void Engine::handle_accept_msg() noexcept {
+    accept_done_ = false;
+    const ucs_status_t status = accept_status_;
+    CtrlMessage msg;
+    Connection* conn = nullptr;
+    if (status == UCS_OK && decode_ctrl(accept_buf_.data(), accept_length_, msg) &&
+        msg.type == CtrlType::ACCEPT) {
+        for (Connection* c = all_head_; c != nullptr; c = c->all_next) {
+            if (c->phase == ConnPhase::HANDSHAKE && c->token == msg.token) {
+                conn = c;
+                break;
+            }
+        }
+        if (conn == nullptr) BTSP_LOG_DEBUG("handshake answer for an unknown connection; ignored");
+    } else if (status != UCS_ERR_CANCELED) {
+        BTSP_LOG_WARN("malformed handshake answer (%s, %zu bytes); ignored", ucs_status_string(status),
+                      accept_length_);
+    }
+    if (conn != nullptr) {
+        ucp_ep_h fast = nullptr;
+        const ucs_status_t st = create_ep_from_address(worker_, msg.address, conn, &fast);
+        if (st == UCS_OK) {
+            disarm_timer(&conn->grace_timer);
+            conn->ep_fast = fast;
+            flush_fast(conn);
+        } else {
+            BTSP_LOG_WARN("accepting %s: endpoint from worker address: %s; using the sockaddr path",
+                          conn->peer.c_str(), ucs_status_string(st));
+            become_open(conn);
+        }
+    }
+    if (status != UCS_ERR_CANCELED && listener_ != nullptr) post_accept_recv();
+}
+
+// ---- failure and close -------------------------------------------------------------------
+
+// Runs inside ucp_worker_progress (UCX's endpoint error callback): only record the
+// failure; cancelling and closing happen in process_deferred() once progress returned.
+void Engine::on_connection_error(Connection* conn, ucs_status_t status) noexcept {
+    if (conn->phase == ConnPhase::FAILED || conn->phase == ConnPhase::CLOSING ||
+        conn->phase == ConnPhase::CLOSED)
+        return;
+    const bool was_open = conn->phase == ConnPhase::OPEN;
+    conn->phase = ConnPhase::FAILED;
+    conn->error = status;
+    disarm_timer(&conn->connect_timer);
+    disarm_timer(&conn->grace_timer);
+    if (was_open) {
+        remove_live(conn);
+        BTSP_LOG_INFO("connection to %s lost: %s", conn->peer.c_str(), ucs_status_string(status));
+    } else {
+        BTSP_LOG_INFO("%s %s failed: %s", conn->is_client ? "connect to" : "handshake with",
+                      conn->peer.c_str(), ucs_status_string(status));
+    }
+    if (Operation* op = conn->connect_op) {
+        conn->connect_op = nullptr;
+        untrack(op);
+        op->result.status = status;
+        op->result.result = is_connection_loss(status) || status == UCS_ERR_CANCELED
+                                ? RdmaResult::DISCONNECTED
+                                : map_status(status);
+        complete(op);
+    }
+    defer(conn);
+    if (live_head_ == nullptr && !tearing_down_) set_base_state(idle_state());
+}
+
+void Engine::process_deferred() noexcept {
+    if (accept_done_) handle_accept_msg();
+    while (Connection* conn = deferred_head_) {
+        deferred_head_ = conn->deferred_next;
+        conn->deferred_next = nullptr;
+        conn->in_deferred_list = false;
+        if (conn->events & kEvOfferArrived) {
+            conn->events = static_cast<std::uint8_t>(conn->events & ~kEvOfferArrived);
+            handle_offer(conn);
+        }
+        if (conn->events & kEvRetireSock) {
+            conn->events = static_cast<std::uint8_t>(conn->events & ~kEvRetireSock);
+            if (conn->phase == ConnPhase::OPEN) {
+                // Force: the peer already closed its side, a flush would wait for nothing.
+                ucs_status_ptr_t sp = close_endpoint(conn->ep_sock, conn, &close_sock_callback, true);
+                conn->ep_sock = nullptr;
+                if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) {
+                    conn->close_req_sock = sp;
+                    ++conn->ucx_refs;
+                    ++conn->closes_pending;
+                }
+            }
+        }
+        if (conn->phase == ConnPhase::FAILED) {
+            // Receives bound to this connection would wait forever (they are per worker).
+            for (Operation* op = tracked_head_; op != nullptr;) {
+                Operation* next = op->reg_next;
+                if (op->kind == OpKind::RECV && op->conn == conn)
+                    cancel_op(op, RdmaResult::DISCONNECTED, "connection lost");
+                op = next;
+            }
+            if (conn->offer_req != nullptr) ucp_request_cancel(worker_, conn->offer_req);
+            // Pending sends complete through UCX once the endpoints are force-closed.
+            close_connection(conn, true);
+        }
+        maybe_free(conn);
+    }
+    if (!pending_requests_.empty()) {
+        std::vector<ucp_conn_request_h> reqs;
+        reqs.swap(pending_requests_);
+        for (ucp_conn_request_h req : reqs) accept(req);
+        reqs.clear();
+        if (pending_requests_.empty()) pending_requests_.swap(reqs);  // keep the capacity
+    }
 }
 
 void Engine::start_listen(Operation* op) noexcept {
@@ -363,35 +738,40 @@ void Engine::start_listen(Operation* op) noexcept {
 
 void Engine::close_connection(Connection* conn, bool force) noexcept {
     if (conn->phase == ConnPhase::OPEN) remove_live(conn);
+    if (conn->phase == ConnPhase::CLOSING || conn->phase == ConnPhase::CLOSED) return;
     disarm_timer(&conn->connect_timer);
-    ucp_request_param_t p;
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    p.cb.send = &close_callback;
-    p.user_data = conn;
-    p.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    disarm_timer(&conn->grace_timer);
     conn->phase = ConnPhase::CLOSING;
     conn->close_forced = force;
-    ucs_status_ptr_t sp = ucp_ep_close_nbx(conn->ep, &p);
-    if (sp == nullptr || UCS_PTR_IS_ERR(sp)) {
-        if (UCS_PTR_IS_ERR(sp))
-            BTSP_LOG_DEBUG("closing %s: %s", conn->peer.c_str(), ucs_status_string(UCS_PTR_STATUS(sp)));
-        on_close_done(conn);
-        return;
-    }
-    conn->close_request = sp;
-    ++conn->ucx_refs;
+    auto close_one = [&](ucp_ep_h& ep, void*& req_slot, ucp_send_nbx_callback_t cb) {
+        if (ep == nullptr) return;
+        ucs_status_ptr_t sp = close_endpoint(ep, conn, cb, force);
+        ep = nullptr;
+        if (sp == nullptr || UCS_PTR_IS_ERR(sp)) {
+            if (UCS_PTR_IS_ERR(sp))
+                BTSP_LOG_DEBUG("closing %s: %s", conn->peer.c_str(), ucs_status_string(UCS_PTR_STATUS(sp)));
+            return;
+        }
+        req_slot = sp;
+        ++conn->ucx_refs;
+        ++conn->closes_pending;
+    };
+    // The data endpoint first: its pending sends end before the liveness one goes.
+    close_one(conn->ep_fast, conn->close_req_fast, &close_fast_callback);
+    close_one(conn->ep_sock, conn->close_req_sock, &close_sock_callback);
+    if (conn->closes_pending == 0) conn->phase = ConnPhase::CLOSED;
 }
 
 void Engine::on_close_done(Connection* conn) noexcept {
-    conn->phase = ConnPhase::CLOSED;
-    conn->ep = nullptr;
+    if (conn->closes_pending > 0) --conn->closes_pending;
+    if (conn->closes_pending == 0 && conn->phase == ConnPhase::CLOSING) conn->phase = ConnPhase::CLOSED;
     maybe_free(conn);
 }
 
 void Engine::maybe_free(Connection* conn) noexcept {
     if (tearing_down_) return;  // teardown frees every connection at its end
     if (conn->phase != ConnPhase::CLOSED || conn->ucx_refs != 0 || conn->tracked_ops != 0 ||
-        conn->in_failed_list)
+        conn->in_deferred_list)
         return;
     if (conn->all_prev) conn->all_prev->all_next = conn->all_next; else all_head_ = conn->all_next;
     if (conn->all_next) conn->all_next->all_prev = conn->all_prev;

@@ -16,6 +16,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <random>
 #include <thread>
 
 namespace btsp::detail {
@@ -85,6 +86,11 @@ bool Engine::create_worker(bool with_shm_eh, std::string& err) noexcept {
             err = std::string("MM_ERROR_HANDLING: ") + ucs_status_string(st);
             return false;
         }
+    }
+    if (opts_.keepalive_interval.count() > 0) {
+        const std::string ka = std::to_string(opts_.keepalive_interval.count()) + "ms";
+        if (ucp_config_modify(config, "KEEPALIVE_INTERVAL", ka.c_str()) != UCS_OK)
+            BTSP_LOG_DEBUG("UCX does not know KEEPALIVE_INTERVAL");
     }
     for (const auto& [key, value] : opts_.ucx_config) {
         st = ucp_config_modify(config, key.c_str(), value.c_str());
@@ -172,11 +178,25 @@ bool Engine::initialize(bool server_mode, std::uint16_t port) {
     auto cleanup_ucx = [this] {
         if (listener_) ucp_listener_destroy(listener_);
         listener_ = nullptr;
+        if (local_address_ != nullptr) ucp_worker_release_address(worker_, local_address_);
+        local_address_ = nullptr;
         ucp_worker_destroy(worker_);
         ucp_cleanup(context_);
         worker_ = nullptr;
         context_ = nullptr;
     };
+
+    if (opts_.fast_path) {
+        if (ucp_worker_get_address(worker_, &local_address_, &local_address_length_) != UCS_OK ||
+            local_address_length_ > kMaxWorkerAddress) {
+            BTSP_LOG_WARN("no worker address: connections stay on sockaddr endpoints");
+            if (local_address_ != nullptr) ucp_worker_release_address(worker_, local_address_);
+            local_address_ = nullptr;
+            local_address_length_ = 0;
+        }
+        std::random_device rd;
+        token_seed_ = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+    }
 
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
@@ -342,18 +362,23 @@ void Engine::teardown() noexcept {
         op = next;
     }
 
+    // Handshake receives are per worker too.
+    if (accept_req_ != nullptr) ucp_request_cancel(worker_, accept_req_);
+    for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
+        if (conn->offer_req != nullptr) ucp_request_cancel(worker_, conn->offer_req);
+
     // Close every endpoint: gracefully when nothing is pending (so the peer sees a clean
     // close), forced when sends are pending (a flush-close with an unmatched rendezvous
-    // send aborts UCX 1.13) or the connection already failed.
+    // send aborts UCX 1.13) or the connection is not open.
     for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
-        if (conn->ep != nullptr && conn->phase != ConnPhase::CLOSING && conn->phase != ConnPhase::CLOSED)
+        if (conn->phase != ConnPhase::CLOSING && conn->phase != ConnPhase::CLOSED)
             close_connection(conn, conn->pending_sends > 0 || conn->phase != ConnPhase::OPEN);
     }
-    failed_head_ = nullptr;
+    deferred_head_ = nullptr;
 
     auto all_closed = [this] {
         for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
-            if (conn->close_request != nullptr) return false;
+            if (conn->closes_pending > 0) return false;
         return tracked_head_ == nullptr;
     };
     const auto graceful_deadline = Clock::now() + opts_.close_timeout;
@@ -362,12 +387,16 @@ void Engine::teardown() noexcept {
         // A live peer that does not progress blocks a flush-close: abandon those closes
         // and force-close their endpoints' remaining work.
         for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
-            if (conn->close_request != nullptr && !conn->close_forced) {
-                ucp_request_free(conn->close_request);
-                conn->close_request = nullptr;
-                --conn->ucx_refs;
+            if (conn->closes_pending > 0 && !conn->close_forced) {
+                for (void** req : {&conn->close_req_fast, &conn->close_req_sock}) {
+                    if (*req != nullptr) {
+                        ucp_request_free(*req);
+                        *req = nullptr;
+                        --conn->ucx_refs;
+                    }
+                }
+                conn->closes_pending = 0;
                 conn->phase = ConnPhase::CLOSED;
-                conn->ep = nullptr;
             }
         }
         const auto forced_deadline = Clock::now() + std::chrono::milliseconds(200);
@@ -387,11 +416,19 @@ void Engine::teardown() noexcept {
         complete(op);
     }
     for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
-        if (conn->close_request != nullptr) {
-            ucp_request_free(conn->close_request);
-            conn->close_request = nullptr;
+        for (void** req : {&conn->close_req_fast, &conn->close_req_sock, &conn->offer_req}) {
+            if (*req != nullptr) {
+                ucp_request_free(*req);
+                *req = nullptr;
+            }
         }
     }
+    if (accept_req_ != nullptr) {
+        ucp_request_free(accept_req_);
+        accept_req_ = nullptr;
+    }
+    if (local_address_ != nullptr) ucp_worker_release_address(worker_, local_address_);
+    local_address_ = nullptr;
     ucp_worker_destroy(worker_);
     ucp_cleanup(context_);
     worker_ = nullptr;
@@ -530,8 +567,8 @@ bool Engine::owner_loop(ThreadCtx* ctx) noexcept {
         if (!torn_down_) {
             Operation* head = submit_head_.load(std::memory_order_relaxed);
             if (head != nullptr && head != kClosed) active |= drain_submissions();
-            while (ucp_worker_progress(worker_) != 0) active = true;
-            if (failed_head_ != nullptr || !pending_requests_.empty()) {
+            if (ucp_worker_progress(worker_) != 0) active = true;
+            if (deferred_head_ != nullptr || !pending_requests_.empty() || accept_done_) {
                 process_deferred();
                 active = true;
             }
@@ -671,6 +708,11 @@ void Engine::precheck(Operation* op) const noexcept {
     }
     switch (op->kind) {
         case OpKind::SEND:
+            if (is_reserved_tag(op->tag)) {
+                op->fail_now(RdmaResult::FAILURE, "tag reserved by the library (0xB75FC0DExxxxxxxx)");
+                break;
+            }
+            [[fallthrough]];
         case OpKind::RECV:
             if (op->buffer == nullptr && op->size > 0) op->fail_now(RdmaResult::FAILURE, "null buffer");
             break;
@@ -697,6 +739,10 @@ bool Engine::start(Operation* op) noexcept {
             ctl_.store(ctl(c->gen, kUser), std::memory_order_release);
             return (op->flags & kOpCompleted) == 0;
         }
+        if (expect == ctl(c->gen, kLib)) {  // inside a WorkerGuard of ours
+            post(op);
+            return (op->flags & kOpCompleted) == 0;
+        }
     }
     // Any other thread: hand the op to the owner. Keep the engine alive until we are done
     // touching it (the op may complete and its coroutine finish before we return).
@@ -712,6 +758,23 @@ bool Engine::start(Operation* op) noexcept {
                                                  std::memory_order_relaxed));
     if (sleeping_.load(std::memory_order_seq_cst)) wake();
     return true;
+}
+
+std::uint64_t Engine::claim_worker() noexcept {
+    ThreadCtx* c = tls_ctx;
+    if (c == nullptr || c->engine != this || torn_down_) return 0;
+    std::uint64_t expect = ctl(c->gen, kUser);
+    if (!ctl_.compare_exchange_strong(expect, ctl(c->gen, kLib), std::memory_order_acquire,
+                                      std::memory_order_relaxed))
+        return 0;
+    return c->gen;
+}
+
+void Engine::release_worker(std::uint64_t gen) noexcept {
+    std::uint64_t expect = ctl(gen, kLib);
+    if (!ctl_.compare_exchange_strong(expect, ctl(gen, kUser), std::memory_order_release,
+                                      std::memory_order_relaxed))
+        BTSP_LOG_ERROR("WorkerGuard released out of order (held across a co_await?)");
 }
 
 bool Engine::drain_submissions() noexcept {
@@ -765,7 +828,7 @@ void Engine::post_send(Operation* op) noexcept {
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.send = &Engine::send_callback;
     p.user_data = op;
-    ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->ep, op->buffer, op->size, op->tag, &p);
+    ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, &p);
     if (sp == nullptr) {  // done at once (eager), no callback follows
         op->result.result = RdmaResult::SUCCESS;
         op->result.bytes_transferred = op->size;
@@ -784,8 +847,13 @@ void Engine::post_send(Operation* op) noexcept {
 void Engine::post_recv(Operation* op) noexcept {
     Connection* conn = primary();
     if (conn == nullptr) {
-        op->fail_now(RdmaResult::DISCONNECTED, "not connected");
-        return;
+        // No live connection. A message that arrived before its peer went away still
+        // waits in UCX's unexpected queue: deliver it rather than lose it.
+        ucp_tag_recv_info_t info;
+        if (ucp_tag_probe_nb(worker_, op->tag, op->tag_mask, 0, &info) == nullptr) {
+            op->fail_now(RdmaResult::DISCONNECTED, "not connected");
+            return;
+        }
     }
     op->conn = conn;
     ucp_request_param_t p;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "connection.hpp"
+#include "handshake.hpp"
 
 #include <btsp/detail/operation.hpp>
 #include <btsp/manager.hpp>
@@ -47,6 +48,11 @@ public:
     /// Pre-start check: fails `op` at once if the manager cannot run it at all.
     void precheck(Operation* op) const noexcept;
 
+    // ---- raw worker access (WorkerGuard) -------------------------------------------
+    /// Claims the worker for user code on its owning thread; returns the generation or 0.
+    std::uint64_t claim_worker() noexcept;
+    void release_worker(std::uint64_t gen) noexcept;
+
     // ---- state -------------------------------------------------------------------
     RdmaState state() const noexcept;
     bool is_running() const noexcept { return running_.load(std::memory_order_acquire); }
@@ -75,10 +81,25 @@ public:
     void start_listen(Operation* op) noexcept;
     void on_conn_request(ucp_conn_request_h req) noexcept;
     void on_connection_error(Connection* c, ucs_status_t status) noexcept;
-    void on_connect_flushed(Connection* c, ucs_status_t status) noexcept;
+    void on_endpoint_error(Connection* c, ucp_ep_h ep, ucs_status_t status) noexcept;
+    void retire_sock(Connection* c) noexcept;
+    void on_sock_flushed(Connection* c, ucs_status_t status) noexcept;
+    void on_fast_flushed(Connection* c, ucs_status_t status) noexcept;
+    void on_offer_received(Connection* c) noexcept;
     void on_connect_timeout(Connection* c) noexcept;
+    void on_grace_expired(Connection* c) noexcept;
     void on_close_done(Connection* c) noexcept;
     void process_deferred() noexcept;
+    void handle_offer(Connection* c) noexcept;
+    void handle_accept_msg() noexcept;
+    void post_accept_recv() noexcept;
+    bool send_ctrl(Connection* c, CtrlType type) noexcept;
+    void become_open(Connection* c) noexcept;
+    void flush_fast(Connection* c) noexcept;
+    void link_connection(Connection* c) noexcept;
+    void defer(Connection* c) noexcept;
+    void arm_conn_timer(TimerNode* t, Connection* c, void (*fire)(TimerNode*) noexcept,
+                        std::chrono::milliseconds after) noexcept;
     void finish(Operation* op, ucs_status_t status, std::size_t length, std::uint64_t sender_tag) noexcept;
     void close_connection(Connection* c, bool force) noexcept;
     void maybe_free(Connection* c) noexcept;
@@ -162,7 +183,17 @@ private:
     Connection* all_head_ = nullptr;
     Connection* live_head_ = nullptr;
     Connection* live_tail_ = nullptr;
-    Connection* failed_head_ = nullptr;
+    Connection* deferred_head_ = nullptr;
+    // handshake (see handshake.hpp)
+    ucp_address_t* local_address_ = nullptr;
+    std::size_t local_address_length_ = 0;
+    std::uint64_t token_seed_ = 0;
+    std::vector<std::uint8_t> accept_buf_;
+    void* accept_req_ = nullptr;
+    bool accept_in_call_ = false;
+    bool accept_done_ = false;
+    ucs_status_t accept_status_ = UCS_OK;
+    std::size_t accept_length_ = 0;
     std::vector<ucp_conn_request_h> pending_requests_;  // answered after progress returns
     std::uint64_t next_conn_id_ = 1;
     bool tearing_down_ = false;

@@ -3,6 +3,8 @@
 
 #include <btsp/manager.hpp>
 
+#include <utility>
+
 namespace btsp {
 namespace {
 
@@ -54,6 +56,22 @@ bool StateChangeAwaitable::await_suspend(std::coroutine_handle<> awaiting) noexc
 void StateChangeAwaitable::resume_waiter(detail::ReadyNode* node) noexcept {
     static_cast<StateChangeAwaitable*>(node)->waiter_.resume();
 }
+
+// ---- WorkerGuard -----------------------------------------------------------------------
+
+WorkerGuard::WorkerGuard(detail::Engine* engine) noexcept : engine_(engine) {
+    gen_ = engine_->claim_worker();
+    owns_ = gen_ != 0;
+}
+
+WorkerGuard::WorkerGuard(WorkerGuard&& other) noexcept
+    : engine_(other.engine_), gen_(other.gen_), owns_(std::exchange(other.owns_, false)) {}
+
+WorkerGuard::~WorkerGuard() {
+    if (owns_) engine_->release_worker(gen_);
+}
+
+ucp_worker_h WorkerGuard::worker() const noexcept { return owns_ ? engine_->worker() : nullptr; }
 
 // ---- CoroutineRdmaManager --------------------------------------------------------------
 
@@ -133,5 +151,6 @@ std::string CoroutineRdmaManager::last_error() const { return engine_->last_erro
 ucp_context_h CoroutineRdmaManager::ucx_context() const noexcept { return engine_->context(); }
 ucp_worker_h CoroutineRdmaManager::ucx_worker() const noexcept { return engine_->worker(); }
 ucp_ep_h CoroutineRdmaManager::ucx_endpoint() const noexcept { return engine_->primary_endpoint(); }
+WorkerGuard CoroutineRdmaManager::lock_worker() noexcept { return WorkerGuard(engine_.get()); }
 
 }  // namespace btsp

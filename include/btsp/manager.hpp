@@ -72,6 +72,34 @@ private:
     bool reached_ = false;
 };
 
+/// Scope in which a coroutine of the manager may call UCX directly on its worker.
+/// The progress hand-off moves the worker to another thread when a coroutine runs too long;
+/// while a WorkerGuard that owns() the worker lives, it cannot. Obtain it with
+/// CoroutineRdmaManager::lock_worker() inside one of the manager's coroutines (on its
+/// progress thread); elsewhere owns() is false and UCX must not be called. Do not
+/// co_await while holding it: release it first (it is a plain scope object).
+class [[nodiscard]] WorkerGuard {
+public:
+    WorkerGuard(WorkerGuard&& other) noexcept;
+    WorkerGuard& operator=(WorkerGuard&&) = delete;
+    WorkerGuard(const WorkerGuard&) = delete;
+    WorkerGuard& operator=(const WorkerGuard&) = delete;
+    ~WorkerGuard();
+
+    /// True if the caller may use worker() until the guard is destroyed.
+    [[nodiscard]] bool owns() const noexcept { return owns_; }
+    explicit operator bool() const noexcept { return owns_; }
+    /// The worker, or nullptr when !owns().
+    [[nodiscard]] ucp_worker_h worker() const noexcept;
+
+private:
+    friend class CoroutineRdmaManager;
+    explicit WorkerGuard(detail::Engine* engine) noexcept;
+    detail::Engine* engine_ = nullptr;
+    std::uint64_t gen_ = 0;
+    bool owns_ = false;
+};
+
 /// The spec's manager: one UCX worker driven by its own progress thread, one listener
 /// (server mode) and its connections. Every method is thread-safe. Operations may be
 /// awaited from any thread and any number may be in flight; coroutines are resumed on
@@ -135,9 +163,11 @@ public:
     [[nodiscard]] const ManagerOptions& options() const noexcept { return options_; }
 
     /// Raw UCX handles for advanced use. The worker belongs to the progress thread: call
-    /// UCX on it only from code running on that thread (inside this manager's coroutines).
+    /// UCX on it only inside this manager's coroutines while holding lock_worker().
     [[nodiscard]] ucp_context_h ucx_context() const noexcept;
     [[nodiscard]] ucp_worker_h ucx_worker() const noexcept;
+    /// Pins the worker to the calling coroutine's thread (see WorkerGuard).
+    [[nodiscard]] WorkerGuard lock_worker() noexcept;
     /// Endpoint of the connection tag_send uses, or nullptr.
     [[nodiscard]] ucp_ep_h ucx_endpoint() const noexcept;
 

@@ -41,6 +41,17 @@ struct ManagerOptions {
     /// Keep shared-memory transports with PEER error handling (UCX's MM_ERROR_HANDLING=y;
     /// see docs/architecture.md). Falls back automatically when UCX rejects it.
     bool shared_memory_with_error_handling = true;
+    /// Between two btsp peers, move data from the sockaddr endpoint to endpoints created
+    /// from exchanged worker addresses (shared memory on one host, the fastest transports
+    /// elsewhere). Plain UCP peers are detected and keep the sockaddr endpoint.
+    bool fast_path = true;
+    /// How long a connection waits for the peer's handshake before treating it as a plain
+    /// UCP peer (only plain peers ever wait this long).
+    std::chrono::milliseconds handshake_grace{200};
+    /// UCX keepalive period (KEEPALIVE_INTERVAL): how often endpoints without a transport
+    /// level failure signal (shared memory) check that the peer is alive. A killed peer
+    /// on a worker-address endpoint is noticed within about two periods. 0 = UCX default.
+    std::chrono::milliseconds keepalive_interval{200};
     /// Address the server listens on; empty = all IPv4 interfaces ("0.0.0.0").
     std::string listen_address;
     /// CPU to pin the progress thread to; -1 = no pinning.
@@ -49,7 +60,8 @@ struct ManagerOptions {
     std::vector<std::pair<std::string, std::string>> ucx_config;
 
     /// Defaults overridden by the environment: BTSP_PROGRESS_MODE, BTSP_CONNECT_TIMEOUT_MS,
-    /// BTSP_ADAPTIVE_SPIN_US, BTSP_HANDOFF_MS, BTSP_CLOSE_TIMEOUT_MS, BTSP_PROGRESS_CPU.
+    /// BTSP_ADAPTIVE_SPIN_US, BTSP_HANDOFF_MS, BTSP_CLOSE_TIMEOUT_MS, BTSP_PROGRESS_CPU,
+    /// BTSP_FAST_PATH (0/1), BTSP_HANDSHAKE_GRACE_MS, BTSP_KEEPALIVE_MS.
     /// Malformed values are ignored with a warning in the log.
     [[nodiscard]] static ManagerOptions from_env();
 };
