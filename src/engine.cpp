@@ -632,6 +632,12 @@ void Engine::idle_wait() noexcept {
             timeout_ms = static_cast<int>(
                 std::max<long long>(0, std::chrono::ceil<std::chrono::milliseconds>(left).count()));
         }
+        // UCX runs endpoint keepalive (how a dead peer on shared memory is noticed) only
+        // inside ucp_worker_progress: while connections exist, wake up once per period.
+        if (all_head_ != nullptr && opts_.keepalive_interval.count() > 0) {
+            const int ka = static_cast<int>(opts_.keepalive_interval.count());
+            if (timeout_ms < 0 || ka < timeout_ms) timeout_ms = ka;
+        }
         epoll_event events[2];
         const int n = ::epoll_wait(epoll_fd_, events, 2, timeout_ms);
         for (int i = 0; i < n; ++i) {
