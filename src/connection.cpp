@@ -316,7 +316,7 @@ void Engine::on_sock_flushed(Connection* conn, ucs_status_t status) noexcept {
             become_open(conn);
             return;
         }
-        post_accept_recv();
+        post_ctrl_recv(accept_recv_);
         arm_conn_timer(&conn->grace_timer, conn,
                        [](TimerNode* t) noexcept {
                            auto* c = static_cast<Connection*>(t->ctx);
@@ -442,7 +442,10 @@ void Engine::become_open(Connection* conn) noexcept {
     // With the data on the worker-address endpoint, the sockaddr one only costs: keeping
     // its tcp interface active adds a syscall to every progress call. The server closes
     // it; the client sees the reset and closes its side (on_endpoint_error).
-    if (conn->ep_fast != nullptr && !conn->is_client) retire_sock(conn);
+    if (conn->ep_fast != nullptr) {
+        post_ctrl_recv(bye_recv_);
+        if (!conn->is_client) retire_sock(conn);
+    }
     set_base_state(RdmaState::CONNECTED);
 }
 
@@ -474,15 +477,22 @@ void Engine::on_connect_timeout(Connection* conn) noexcept {
     if (conn->phase != ConnPhase::CONNECTING) return;
     BTSP_LOG_WARN("connect to %s: no answer within %lld ms", conn->peer.c_str(),
                   static_cast<long long>(opts_.connect_timeout.count()));
+    abort_connect(conn, RdmaResult::TIMEOUT, UCS_ERR_TIMED_OUT, "connect timed out");
+}
+
+// Ends a connect in progress with `r`; the half-made connection is force-closed.
+void Engine::abort_connect(Connection* conn, RdmaResult r, ucs_status_t status, const char* why) noexcept {
+    if (conn->phase != ConnPhase::CONNECTING) return;
     conn->phase = ConnPhase::FAILED;
-    conn->error = UCS_ERR_TIMED_OUT;
+    conn->error = status;
+    disarm_timer(&conn->connect_timer);
     disarm_timer(&conn->grace_timer);
     if (Operation* op = conn->connect_op) {
         conn->connect_op = nullptr;
         untrack(op);
-        op->result.result = RdmaResult::TIMEOUT;
-        op->result.status = UCS_ERR_TIMED_OUT;
-        op->result.detail = "connect timed out";
+        op->result.result = r;
+        op->result.status = status;
+        op->result.detail = why;
         complete(op);
     }
     defer(conn);
@@ -572,42 +582,39 @@ bool Engine::send_ctrl(Connection* conn, CtrlType type) noexcept {
     return true;
 }
 
-void Engine::post_accept_recv() noexcept {
-    if (accept_req_ != nullptr || tearing_down_) return;
+void Engine::post_ctrl_recv(CtrlRecv& r) noexcept {
+    if (r.req != nullptr || tearing_down_) return;
     try {
-        if (accept_buf_.empty()) accept_buf_.resize(kCtrlBufferSize);
+        if (r.buf.empty()) r.buf.resize(kCtrlBufferSize);
     } catch (...) {
         return;
     }
     ucp_request_param_t p;
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
     p.cb.recv = [](void* request, ucs_status_t status, const ucp_tag_recv_info_t* info, void* user_data) {
-        auto* e = static_cast<Engine*>(user_data);
+        auto* cr = static_cast<CtrlRecv*>(user_data);
         ucp_request_free(request);
-        e->accept_req_ = nullptr;
-        e->accept_done_ = true;
-        e->accept_status_ = status;
-        e->accept_length_ = info != nullptr ? info->length : 0;
+        cr->req = nullptr;
+        cr->done = true;
+        cr->status = status;
+        cr->length = info != nullptr ? info->length : 0;
     };
-    p.user_data = this;
-    accept_done_ = false;
-    accept_in_call_ = true;
-    ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker_, accept_buf_.data(), accept_buf_.size(), kTagAccept,
-                                           ~std::uint64_t{0}, &p);
-    accept_in_call_ = false;
+    p.user_data = &r;
+    r.done = false;
+    ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker_, r.buf.data(), r.buf.size(), r.tag, ~std::uint64_t{0}, &p);
     if (UCS_PTR_IS_ERR(sp)) {
-        BTSP_LOG_WARN("handshake receive: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
-    } else if (!accept_done_) {
-        accept_req_ = sp;
+        BTSP_LOG_WARN("control receive: %s", ucs_status_string(UCS_PTR_STATUS(sp)));
+    } else if (!r.done) {
+        r.req = sp;
     }
 }
 
 void Engine::handle_accept_msg() noexcept {
-    accept_done_ = false;
-    const ucs_status_t status = accept_status_;
+    accept_recv_.done = false;
+    const ucs_status_t status = accept_recv_.status;
     CtrlMessage msg;
     Connection* conn = nullptr;
-    if (status == UCS_OK && decode_ctrl(accept_buf_.data(), accept_length_, msg) &&
+    if (status == UCS_OK && decode_ctrl(accept_recv_.buf.data(), accept_recv_.length, msg) &&
         msg.type == CtrlType::ACCEPT) {
         for (Connection* c = all_head_; c != nullptr; c = c->all_next) {
             if (c->phase == ConnPhase::HANDSHAKE && c->token == msg.token) {
@@ -618,7 +625,7 @@ void Engine::handle_accept_msg() noexcept {
         if (conn == nullptr) BTSP_LOG_DEBUG("handshake answer for an unknown connection; ignored");
     } else if (status != UCS_ERR_CANCELED) {
         BTSP_LOG_WARN("malformed handshake answer (%s, %zu bytes); ignored", ucs_status_string(status),
-                      accept_length_);
+                      accept_recv_.length);
     }
     if (conn != nullptr) {
         ucp_ep_h fast = nullptr;
@@ -633,7 +640,46 @@ void Engine::handle_accept_msg() noexcept {
             become_open(conn);
         }
     }
-    if (status != UCS_ERR_CANCELED && listener_ != nullptr) post_accept_recv();
+    if (status != UCS_ERR_CANCELED && listener_ != nullptr) post_ctrl_recv(accept_recv_);
+}
+
+void Engine::handle_bye_msg() noexcept {
+    bye_recv_.done = false;
+    const ucs_status_t status = bye_recv_.status;
+    if (status == UCS_ERR_CANCELED) return;
+    CtrlMessage msg;
+    if (status == UCS_OK && decode_ctrl(bye_recv_.buf.data(), bye_recv_.length, msg) && msg.type == CtrlType::BYE) {
+        for (Connection* c = all_head_; c != nullptr; c = c->all_next) {
+            if (c->token == msg.token && c->ep_fast != nullptr &&
+                (c->phase == ConnPhase::OPEN || c->phase == ConnPhase::HANDSHAKE ||
+                 c->phase == ConnPhase::CONNECTING)) {
+                BTSP_LOG_DEBUG("%s closed the connection", c->peer.c_str());
+                on_connection_error(c, UCS_ERR_CONNECTION_RESET);
+                break;
+            }
+        }
+    } else {
+        BTSP_LOG_WARN("malformed close message (%s, %zu bytes); ignored", ucs_status_string(status),
+                      bye_recv_.length);
+    }
+    post_ctrl_recv(bye_recv_);
+}
+
+// Closing a worker-address endpoint tells the peer nothing: say goodbye first. The BYE
+// is a small eager message on the same endpoint as the data, so it arrives after it.
+void Engine::send_bye(Connection* conn) noexcept {
+    if (conn->ep_fast == nullptr) return;
+    try {
+        if (!encode_ctrl(CtrlType::BYE, conn->token, nullptr, 0, conn->bye_out)) return;
+    } catch (...) {
+        return;
+    }
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = &ctrl_send_callback;
+    p.user_data = conn;
+    ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->ep_fast, conn->bye_out.data(), conn->bye_out.size(), kTagBye, &p);
+    if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) ++conn->ucx_refs;
 }
 
 // ---- failure and close -------------------------------------------------------------------
@@ -670,7 +716,8 @@ void Engine::on_connection_error(Connection* conn, ucs_status_t status) noexcept
 }
 
 void Engine::process_deferred() noexcept {
-    if (accept_done_) handle_accept_msg();
+    if (accept_recv_.done) handle_accept_msg();
+    if (bye_recv_.done) handle_bye_msg();
     while (Connection* conn = deferred_head_) {
         deferred_head_ = conn->deferred_next;
         conn->deferred_next = nullptr;
@@ -741,6 +788,9 @@ void Engine::close_connection(Connection* conn, bool force) noexcept {
     if (conn->phase == ConnPhase::CLOSING || conn->phase == ConnPhase::CLOSED) return;
     disarm_timer(&conn->connect_timer);
     disarm_timer(&conn->grace_timer);
+    // Our own decision (shutdown, a cancelled send): tell the peer. After a transport
+    // error or the peer's own BYE there is nobody to tell.
+    if (conn->error == UCS_OK || conn->error == UCS_ERR_CANCELED) send_bye(conn);
     conn->phase = ConnPhase::CLOSING;
     conn->close_forced = force;
     auto close_one = [&](ucp_ep_h& ep, void*& req_slot, ucp_send_nbx_callback_t cb) {

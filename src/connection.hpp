@@ -15,16 +15,6 @@ namespace btsp::detail {
 
 class Engine;
 
-/// A deadline in the engine's timer list (intrusive, sorted by deadline).
-struct TimerNode {
-    std::chrono::steady_clock::time_point deadline{};
-    TimerNode* prev = nullptr;
-    TimerNode* next = nullptr;
-    bool armed = false;
-    void (*fire)(TimerNode*) noexcept = nullptr;
-    void* ctx = nullptr;  // what the timer belongs to
-};
-
 enum class ConnPhase : std::uint8_t {
     CONNECTING,  // client: sockaddr endpoint created; wire-up / handshake in progress
     HANDSHAKE,   // server: accepted; waiting for the client's ACCEPT (or the grace period)
@@ -79,6 +69,7 @@ public:
     std::size_t offer_length = 0;
     // our OFFER (server) or ACCEPT (client) while its send is pending
     std::vector<std::uint8_t> ctrl_out;
+    std::vector<std::uint8_t> bye_out;   // our BYE while its send is pending
 
     std::string peer;                  // "host:port" for logs
 

@@ -363,7 +363,8 @@ void Engine::teardown() noexcept {
     }
 
     // Handshake receives are per worker too.
-    if (accept_req_ != nullptr) ucp_request_cancel(worker_, accept_req_);
+    for (CtrlRecv* r : {&accept_recv_, &bye_recv_})
+        if (r->req != nullptr) ucp_request_cancel(worker_, r->req);
     for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
         if (conn->offer_req != nullptr) ucp_request_cancel(worker_, conn->offer_req);
 
@@ -423,9 +424,11 @@ void Engine::teardown() noexcept {
             }
         }
     }
-    if (accept_req_ != nullptr) {
-        ucp_request_free(accept_req_);
-        accept_req_ = nullptr;
+    for (CtrlRecv* r : {&accept_recv_, &bye_recv_}) {
+        if (r->req != nullptr) {
+            ucp_request_free(r->req);
+            r->req = nullptr;
+        }
     }
     if (local_address_ != nullptr) ucp_worker_release_address(worker_, local_address_);
     local_address_ = nullptr;
@@ -438,7 +441,7 @@ void Engine::teardown() noexcept {
         delete conn;
     }
     live_head_ = live_tail_ = nullptr;
-    timers_head_ = nullptr;
+    timers_head_ = timers_tail_ = nullptr;
     primary_ep_.store(nullptr, std::memory_order_release);
     live_count_.store(0, std::memory_order_relaxed);
     sends_in_flight_.store(0, std::memory_order_relaxed);
@@ -568,8 +571,13 @@ bool Engine::owner_loop(ThreadCtx* ctx) noexcept {
             Operation* head = submit_head_.load(std::memory_order_relaxed);
             if (head != nullptr && head != kClosed) active |= drain_submissions();
             if (ucp_worker_progress(worker_) != 0) active = true;
-            if (deferred_head_ != nullptr || !pending_requests_.empty() || accept_done_) {
+            if (deferred_head_ != nullptr || !pending_requests_.empty() || accept_recv_.done || bye_recv_.done) {
                 process_deferred();
+                active = true;
+            }
+            if (cancel_scan_.load(std::memory_order_relaxed) &&
+                cancel_scan_.exchange(false, std::memory_order_acq_rel)) {
+                process_cancels();
                 active = true;
             }
             if (timers_head_ != nullptr) active |= run_timers();
@@ -620,7 +628,7 @@ void Engine::idle_wait() noexcept {
     // Block: announce it (submitters then wake us), re-check, arm the worker, wait.
     sleeping_.store(true, std::memory_order_seq_cst);
     if (submit_head_.load(std::memory_order_seq_cst) != nullptr ||
-        stop_requested_.load(std::memory_order_seq_cst)) {
+        stop_requested_.load(std::memory_order_seq_cst) || cancel_scan_.load(std::memory_order_seq_cst)) {
         sleeping_.store(false, std::memory_order_relaxed);
         return;
     }
@@ -674,22 +682,20 @@ void Engine::arm_timer(TimerNode* t, Clock::time_point deadline) noexcept {
     if (t->armed) disarm_timer(t);
     t->deadline = deadline;
     t->armed = true;
-    TimerNode* prev = nullptr;
-    TimerNode* cur = timers_head_;
-    while (cur != nullptr && cur->deadline <= deadline) {
-        prev = cur;
-        cur = cur->next;
-    }
+    // Deadlines mostly arrive in increasing order (same timeout, later start): search
+    // from the tail, O(1) in that case.
+    TimerNode* prev = timers_tail_;
+    while (prev != nullptr && prev->deadline > deadline) prev = prev->prev;
     t->prev = prev;
-    t->next = cur;
-    if (cur) cur->prev = t;
+    t->next = prev ? prev->next : timers_head_;
+    if (t->next) t->next->prev = t; else timers_tail_ = t;
     if (prev) prev->next = t; else timers_head_ = t;
 }
 
 void Engine::disarm_timer(TimerNode* t) noexcept {
     if (!t->armed) return;
     if (t->prev) t->prev->next = t->next; else timers_head_ = t->next;
-    if (t->next) t->next->prev = t->prev;
+    if (t->next) t->next->prev = t->prev; else timers_tail_ = t->prev;
     t->prev = t->next = nullptr;
     t->armed = false;
 }
@@ -812,6 +818,13 @@ void Engine::post(Operation* op) noexcept {
         op->fail_now(RdmaResult::DISCONNECTED, kShutDown);
         return;
     }
+    if (const std::uint8_t r = op->cancel_request.load(std::memory_order_acquire)) {
+        // Cancelled (or timed out through with_timeout) before it started: UCX never sees it.
+        op->fail_now(static_cast<RdmaResult>(r), r == static_cast<std::uint8_t>(RdmaResult::TIMEOUT)
+                                                      ? "timed out before it started"
+                                                      : "cancelled before it started");
+        return;
+    }
     // Completions during the call are reported by the caller, not via the ready list.
     op->flags |= kOpInUcxCall;
     switch (op->kind) {
@@ -821,6 +834,65 @@ void Engine::post(Operation* op) noexcept {
         case OpKind::LISTEN: start_listen(op); break;
     }
     op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
+    if (op->timeout.count() > 0 && (op->flags & kOpTracked)) {
+        op->deadline_timer.fire = [](TimerNode* t) noexcept {
+            auto* o = static_cast<Operation*>(t->ctx);
+            o->engine->cancel_pending(o, RdmaResult::TIMEOUT, "deadline expired");
+        };
+        op->deadline_timer.ctx = op;
+        arm_timer(&op->deadline_timer, Clock::now() + op->timeout);
+    }
+}
+
+void Operation::request_cancel(CancelTarget* self, std::uint8_t result) noexcept {
+    if (self == nullptr) return;
+    auto* op = static_cast<Operation*>(self);
+    std::uint8_t expected = 0;
+    op->cancel_request.compare_exchange_strong(expected, result, std::memory_order_acq_rel);
+    if (op->engine != nullptr) op->engine->request_cancel_scan();
+}
+
+void Engine::request_cancel_scan() noexcept {
+    cancel_scan_.store(true, std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_seq_cst)) wake();
+}
+
+void Engine::process_cancels() noexcept {
+    for (Operation* op = tracked_head_; op != nullptr;) {
+        Operation* next = op->reg_next;
+        const std::uint8_t r = op->cancel_request.load(std::memory_order_acquire);
+        if (r != 0 && (op->flags & kOpCancelling) == 0) cancel_pending(op, static_cast<RdmaResult>(r), "cancelled");
+        op = next;
+    }
+}
+
+// Ends a pending operation early with `r` (CANCELLED or TIMEOUT).
+void Engine::cancel_pending(Operation* op, RdmaResult r, const char* why) noexcept {
+    if ((op->flags & kOpCompleted) || !(op->flags & kOpTracked)) return;
+    switch (op->kind) {
+        case OpKind::RECV:
+            cancel_op(op, r, why);
+            break;
+        case OpKind::SEND: {
+            // UCX cannot cancel a send (openucx#9584): the only way to end it is to close
+            // its endpoint. The send reports `r`; others on the connection DISCONNECTED.
+            op->flags |= kOpCancelling;
+            op->cancel_result = r;
+            op->cancel_detail = why;
+            Connection* conn = op->conn;
+            BTSP_LOG_WARN("a pending send (%zu bytes, tag 0x%llx) was %s; UCX cannot cancel sends, "
+                          "closing the connection to %s",
+                          op->size, static_cast<unsigned long long>(op->tag),
+                          r == RdmaResult::TIMEOUT ? "timed out" : "cancelled", conn->peer.c_str());
+            on_connection_error(conn, UCS_ERR_CANCELED);
+            break;
+        }
+        case OpKind::CONNECT:
+            abort_connect(op->conn, r, r == RdmaResult::TIMEOUT ? UCS_ERR_TIMED_OUT : UCS_ERR_CANCELED, why);
+            break;
+        case OpKind::LISTEN:
+            break;
+    }
 }
 
 void Engine::post_send(Operation* op) noexcept {
@@ -968,6 +1040,7 @@ void Engine::track(Operation* op) noexcept {
 
 void Engine::untrack(Operation* op) noexcept {
     op->flags &= static_cast<std::uint8_t>(~kOpTracked);
+    if (op->deadline_timer.armed) disarm_timer(&op->deadline_timer);
     if (op->reg_prev) op->reg_prev->reg_next = op->reg_next; else tracked_head_ = op->reg_next;
     if (op->reg_next) op->reg_next->reg_prev = op->reg_prev;
     op->reg_prev = op->reg_next = nullptr;

@@ -23,6 +23,17 @@
 
 namespace btsp::detail {
 
+/// A worker-level receive of one kind of control message, reposted after each message.
+struct CtrlRecv {
+    explicit CtrlRecv(std::uint64_t t) noexcept : tag(t) {}
+    std::uint64_t tag;
+    std::vector<std::uint8_t> buf;
+    void* req = nullptr;
+    bool done = false;  // completed; waiting for process_deferred()
+    ucs_status_t status = UCS_OK;
+    std::size_t length = 0;
+};
+
 /// Per-thread identity of an engine thread: which engine and which ownership generation.
 struct ThreadCtx {
     Engine* engine = nullptr;
@@ -52,6 +63,10 @@ public:
     /// Claims the worker for user code on its owning thread; returns the generation or 0.
     std::uint64_t claim_worker() noexcept;
     void release_worker(std::uint64_t gen) noexcept;
+
+    // ---- cancellation (any thread) ---------------------------------------------------
+    /// Asks the progress thread to look for operations with a cancel request.
+    void request_cancel_scan() noexcept;
 
     // ---- state -------------------------------------------------------------------
     RdmaState state() const noexcept;
@@ -87,12 +102,15 @@ public:
     void on_fast_flushed(Connection* c, ucs_status_t status) noexcept;
     void on_offer_received(Connection* c) noexcept;
     void on_connect_timeout(Connection* c) noexcept;
+    void abort_connect(Connection* c, RdmaResult r, ucs_status_t status, const char* why) noexcept;
     void on_grace_expired(Connection* c) noexcept;
     void on_close_done(Connection* c) noexcept;
     void process_deferred() noexcept;
     void handle_offer(Connection* c) noexcept;
     void handle_accept_msg() noexcept;
-    void post_accept_recv() noexcept;
+    void handle_bye_msg() noexcept;
+    void post_ctrl_recv(struct CtrlRecv& r) noexcept;
+    void send_bye(Connection* c) noexcept;
     bool send_ctrl(Connection* c, CtrlType type) noexcept;
     void become_open(Connection* c) noexcept;
     void flush_fast(Connection* c) noexcept;
@@ -137,6 +155,8 @@ private:
     void post_recv(Operation* op) noexcept;
     bool drain_submissions() noexcept;
     void cancel_op(Operation* op, RdmaResult r, const char* why) noexcept;
+    void cancel_pending(Operation* op, RdmaResult r, const char* why) noexcept;
+    void process_cancels() noexcept;
     Connection* primary() const noexcept { return live_head_; }
     void notify_waiters(bool shutting_down) noexcept;
 
@@ -173,6 +193,7 @@ private:
     std::atomic<Operation*> submit_head_{nullptr};
     std::atomic<bool> sleeping_{false};
     std::atomic<bool> stop_requested_{false};
+    std::atomic<bool> cancel_scan_{false};
     std::atomic<int> submitters_{0};
 
     // progress-thread-only data
@@ -180,6 +201,7 @@ private:
     ReadyNode* ready_tail_ = nullptr;
     Operation* tracked_head_ = nullptr;
     TimerNode* timers_head_ = nullptr;
+    TimerNode* timers_tail_ = nullptr;
     Connection* all_head_ = nullptr;
     Connection* live_head_ = nullptr;
     Connection* live_tail_ = nullptr;
@@ -188,12 +210,8 @@ private:
     ucp_address_t* local_address_ = nullptr;
     std::size_t local_address_length_ = 0;
     std::uint64_t token_seed_ = 0;
-    std::vector<std::uint8_t> accept_buf_;
-    void* accept_req_ = nullptr;
-    bool accept_in_call_ = false;
-    bool accept_done_ = false;
-    ucs_status_t accept_status_ = UCS_OK;
-    std::size_t accept_length_ = 0;
+    CtrlRecv accept_recv_{kTagAccept};  // server: clients' ACCEPTs
+    CtrlRecv bye_recv_{kTagBye};        // peers' BYEs
     std::vector<ucp_conn_request_h> pending_requests_;  // answered after progress returns
     std::uint64_t next_conn_id_ = 1;
     bool tearing_down_ = false;

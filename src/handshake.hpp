@@ -7,6 +7,10 @@
 //
 //   server → client  OFFER  {token, server worker address}   on the sockaddr endpoint
 //   client → server  ACCEPT {token, client worker address}   on the sockaddr endpoint
+//   either → other   BYE    {token}                          on the worker-address endpoint
+//
+// BYE exists because closing a worker-address endpoint tells the peer nothing (only
+// sockaddr endpoints carry a disconnect): it is sent before a connection is closed.
 //
 // Both are UCX tag messages with reserved tags (kTagOffer, kTagAccept). Layout, all
 // integers little-endian: magic u32 'BTSP', version u16, type u16, token u64,
@@ -23,6 +27,7 @@ inline constexpr std::uint64_t kReservedTagPrefix = 0xB75FC0DE00000000ull;
 inline constexpr std::uint64_t kReservedTagMask = 0xFFFFFFFF00000000ull;
 inline constexpr std::uint64_t kTagOffer = kReservedTagPrefix | 1;
 inline constexpr std::uint64_t kTagAccept = kReservedTagPrefix | 2;
+inline constexpr std::uint64_t kTagBye = kReservedTagPrefix | 3;
 
 inline constexpr std::uint32_t kCtrlMagic = 0x50535442;  // "BTSP"
 inline constexpr std::uint16_t kCtrlVersion = 1;
@@ -32,7 +37,7 @@ inline constexpr std::size_t kMaxWorkerAddress = 60 * 1024;
 /// Receive buffer size for a control message.
 inline constexpr std::size_t kCtrlBufferSize = kCtrlHeaderSize + kMaxWorkerAddress;
 
-enum class CtrlType : std::uint16_t { OFFER = 1, ACCEPT = 2 };
+enum class CtrlType : std::uint16_t { OFFER = 1, ACCEPT = 2, BYE = 3 };
 
 struct CtrlMessage {
     CtrlType type = CtrlType::OFFER;
@@ -41,7 +46,8 @@ struct CtrlMessage {
     std::size_t address_length = 0;
 };
 
-/// Serialises a control message. Returns false if the address is too large.
+/// Serialises a control message (BYE carries no address). Returns false if the address
+/// is too large.
 bool encode_ctrl(CtrlType type, std::uint64_t token, const void* address, std::size_t length,
                  std::vector<std::uint8_t>& out);
 

@@ -17,13 +17,33 @@ void resume_operation(detail::ReadyNode* node) noexcept {
 // ---- RdmaAwaitable ---------------------------------------------------------------------
 
 RdmaAwaitable::RdmaAwaitable(RdmaAwaitable&& other) noexcept
-    : op_(other.op_), host_(std::move(other.host_)) {
+    : host_(std::move(other.host_)), stop_token_(std::move(other.stop_token_)) {
+    op_.take(other.op_);
     op_.host = host_.c_str();
+}
+
+RdmaAwaitable&& RdmaAwaitable::timeout(std::chrono::nanoseconds d) && noexcept {
+    op_.timeout = d.count() > 0 ? d : std::chrono::nanoseconds(0);
+    return std::move(*this);
+}
+RdmaAwaitable& RdmaAwaitable::timeout(std::chrono::nanoseconds d) & noexcept {
+    op_.timeout = d.count() > 0 ? d : std::chrono::nanoseconds(0);
+    return *this;
+}
+RdmaAwaitable&& RdmaAwaitable::cancel_with(std::stop_token token) && noexcept {
+    stop_token_ = std::move(token);
+    return std::move(*this);
+}
+RdmaAwaitable& RdmaAwaitable::cancel_with(std::stop_token token) & noexcept {
+    stop_token_ = std::move(token);
+    return *this;
 }
 
 bool RdmaAwaitable::await_suspend(std::coroutine_handle<> awaiting) noexcept {
     op_.waiter = awaiting;
     op_.host = host_.c_str();
+    // Registered before the operation starts (a stop already requested runs it at once).
+    if (stop_token_.stop_possible()) stop_callback_.emplace(stop_token_, OnStop{&op_});
     return op_.engine->start(&op_);
 }
 

@@ -5,4 +5,5 @@
 #include <btsp/manager.hpp>
 #include <btsp/options.hpp>
 #include <btsp/task.hpp>
+#include <btsp/timeout.hpp>
 #include <btsp/types.hpp>

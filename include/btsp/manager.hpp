@@ -11,7 +11,10 @@
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
+#include <chrono>
 #include <memory>
+#include <optional>
+#include <stop_token>
 #include <string>
 
 namespace btsp {
@@ -32,15 +35,43 @@ public:
     RdmaAwaitable& operator=(const RdmaAwaitable&) = delete;
     ~RdmaAwaitable() = default;
 
+    /// Deadline: if the operation has not completed `d` after it starts, it completes with
+    /// RdmaResult::TIMEOUT. What that does underneath: a receive is cancelled in UCX (its
+    /// buffer is never written afterwards; one already matched by a large message finishes
+    /// first); a connect is abandoned; a pending send cannot be cancelled by UCX, so its
+    /// connection is closed and the other operations on it end DISCONNECTED. An eager send
+    /// completes at once and never times out.
+    RdmaAwaitable&& timeout(std::chrono::nanoseconds d) && noexcept;
+    RdmaAwaitable& timeout(std::chrono::nanoseconds d) & noexcept;
+    /// Cancellation: when `token` is stopped, the operation completes with
+    /// RdmaResult::CANCELLED, with the same effects as timeout(). A stop requested before
+    /// the operation starts completes it at once.
+    RdmaAwaitable&& cancel_with(std::stop_token token) && noexcept;
+    RdmaAwaitable& cancel_with(std::stop_token token) & noexcept;
+
     bool await_ready() const noexcept { return (op_.flags & detail::kOpCompleted) != 0; }
     bool await_suspend(std::coroutine_handle<> awaiting) noexcept;
-    RdmaOpResult await_resume() const noexcept { return op_.result; }
+    RdmaOpResult await_resume() noexcept {
+        stop_callback_.reset();
+        return op_.result;
+    }
+
+    /// Used by RdmaTask to cancel what it awaits (with_timeout, RdmaTask::request_cancel).
+    detail::CancelTarget* cancel_target() noexcept { return &op_; }
 
 private:
     friend class CoroutineRdmaManager;
+    struct OnStop {
+        detail::Operation* op;
+        void operator()() const noexcept {
+            detail::Operation::request_cancel(op, static_cast<std::uint8_t>(RdmaResult::CANCELLED));
+        }
+    };
     RdmaAwaitable() = default;
     detail::Operation op_;
     std::string host_;
+    std::stop_token stop_token_;
+    std::optional<std::stop_callback<OnStop>> stop_callback_;
 };
 
 /// Awaitable of a state condition (wait_for_state, wait_for_connection). Completes when

@@ -1,6 +1,9 @@
 // btsp — RdmaTask<T>: an eagerly started, awaitable coroutine task, and sync_wait.
 #pragma once
 
+#include <btsp/detail/cancel.hpp>
+#include <btsp/types.hpp>
+
 #include <atomic>
 #include <condition_variable>
 #include <coroutine>
@@ -28,9 +31,60 @@ enum TaskState : std::uint8_t {
     kTaskDetached = 3,  // the task object is gone; the frame frees itself when it ends
 };
 
-class TaskPromiseBase {
+// Awaitables that can be cancelled expose `detail::CancelTarget* cancel_target()`.
+template <typename A>
+concept Cancellable = requires(A& a) {
+    { a.cancel_target() } -> std::convertible_to<CancelTarget*>;
+};
+
+template <typename A>
+decltype(auto) get_awaiter(A&& a);
+
+// Wraps a cancellable awaitable co_awaited inside an RdmaTask: while it is pending, the
+// task's CancelSlot points at it.
+template <typename A>
+class CancellableAwait {
 public:
+    CancellableAwait(A&& a, CancelSlot* slot) noexcept
+        : a_(std::forward<A>(a)), slot_(slot), awaiter_(get_awaiter(std::forward<A>(a_))) {}
+    bool await_ready() { return awaiter_.await_ready(); }
+    template <typename H>
+    decltype(auto) await_suspend(H h) {
+        slot_->attach(a_.cancel_target());
+        return awaiter_.await_suspend(h);
+    }
+    decltype(auto) await_resume() {
+        slot_->detach();
+        return awaiter_.await_resume();
+    }
+
+private:
+    A&& a_;
+    CancelSlot* slot_;
+    decltype(get_awaiter(std::declval<A>())) awaiter_;
+};
+
+class TaskPromiseBase : public CancelTarget {
+public:
+    TaskPromiseBase() noexcept {
+        cancel = [](CancelTarget* self, std::uint8_t r) noexcept {
+            static_cast<TaskPromiseBase*>(self)->slot_.cancel(r);
+        };
+    }
     std::suspend_never initial_suspend() noexcept { return {}; }  // eager, as the spec expects
+
+    // Cancellable awaitables (manager operations, other tasks) are tracked so the task can
+    // be cancelled from outside (RdmaTask::request_cancel, with_timeout).
+    template <typename A>
+    decltype(auto) await_transform(A&& a) noexcept {
+        if constexpr (Cancellable<std::remove_reference_t<A>>) {
+            return CancellableAwait<A>(std::forward<A>(a), &slot_);
+        } else {
+            return std::forward<A>(a);
+        }
+    }
+
+    CancelSlot& cancel_slot() noexcept { return slot_; }
 
     struct FinalAwaiter {
         bool await_ready() const noexcept { return false; }
@@ -65,6 +119,7 @@ public:
 private:
     std::atomic<std::uint8_t> state_{kTaskRunning};
     std::coroutine_handle<> continuation_{};
+    CancelSlot slot_;
 };
 
 template <typename T>
@@ -166,6 +221,17 @@ public:
     };
     Awaiter operator co_await() & noexcept { return Awaiter{handle_, false}; }
     Awaiter operator co_await() && noexcept { return Awaiter{handle_, true}; }
+
+    /// Asks the task to stop: the operation it is awaiting now (however deep, through
+    /// awaited sub-tasks) completes with `result` (CANCELLED or TIMEOUT), and so does every
+    /// operation it awaits afterwards. Thread-safe; returns false if the task awaited
+    /// nothing cancellable at that instant (it is still marked cancelled).
+    bool request_cancel(RdmaResult result = RdmaResult::CANCELLED) noexcept {
+        if (!handle_ || done()) return false;
+        return handle_.promise().cancel_slot().cancel(static_cast<std::uint8_t>(result));
+    }
+    /// Used when this task is awaited inside another RdmaTask (cancellation forwards to it).
+    detail::CancelTarget* cancel_target() noexcept { return handle_ ? &handle_.promise() : nullptr; }
 
     /// The underlying coroutine handle (ownership stays with the task).
     [[nodiscard]] std::coroutine_handle<promise_type> handle() const noexcept { return handle_; }

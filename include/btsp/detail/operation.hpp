@@ -1,8 +1,11 @@
 // btsp — header-visible internals: the per-operation state that lives inside an awaiter.
 #pragma once
 
+#include <btsp/detail/cancel.hpp>
 #include <btsp/types.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
@@ -20,6 +23,16 @@ struct ReadyNode {
     void (*on_ready)(ReadyNode*) noexcept = nullptr;
 };
 
+/// A deadline in an engine's timer list (intrusive, sorted by deadline).
+struct TimerNode {
+    std::chrono::steady_clock::time_point deadline{};
+    TimerNode* prev = nullptr;
+    TimerNode* next = nullptr;
+    bool armed = false;
+    void (*fire)(TimerNode*) noexcept = nullptr;
+    void* ctx = nullptr;  // what the timer belongs to
+};
+
 enum class OpKind : std::uint8_t { SEND, RECV, CONNECT, LISTEN };
 
 enum OpFlags : std::uint8_t {
@@ -31,7 +44,28 @@ enum OpFlags : std::uint8_t {
 
 /// State of one operation. It lives inside its awaiter (so inside the awaiting
 /// coroutine's frame): no heap allocation per operation. UCX's user_data points here.
-struct Operation : ReadyNode {
+struct Operation : ReadyNode, CancelTarget {
+    Operation() noexcept { cancel = &Operation::request_cancel; }
+    Operation(const Operation&) = delete;
+    Operation& operator=(const Operation&) = delete;
+    /// Copies what describes the operation (an operation is moved only before it starts).
+    void take(const Operation& o) noexcept {
+        engine = o.engine;
+        on_ready = o.on_ready;
+        buffer = o.buffer;
+        size = o.size;
+        tag = o.tag;
+        tag_mask = o.tag_mask;
+        result = o.result;
+        kind = o.kind;
+        flags = o.flags;
+        port = o.port;
+        timeout = o.timeout;
+        cancel_request.store(o.cancel_request.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    }
+    /// CancelTarget: asks the engine (from any thread) to end this operation with `result`.
+    static void request_cancel(CancelTarget* self, std::uint8_t result) noexcept;
+
     Engine* engine = nullptr;
     Connection* conn = nullptr;              // connection it was posted on
     Operation* reg_prev = nullptr;           // engine registry of in-flight operations
@@ -50,6 +84,9 @@ struct Operation : ReadyNode {
     std::uint8_t flags = 0;
     std::uint16_t port = 0;                  // connect / listen
     const char* host = nullptr;              // connect: points into the awaiter's string
+    std::chrono::nanoseconds timeout{0};     // per-operation deadline (0 = none)
+    TimerNode deadline_timer;
+    std::atomic<std::uint8_t> cancel_request{0};  // RdmaResult asked for by another thread
 
     void fail_now(RdmaResult r, const char* why) noexcept {
         result.result = r;
