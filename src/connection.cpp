@@ -517,8 +517,26 @@ void Engine::accept(ucp_conn_request_h req) noexcept {
     std::string peer = "?";
     ucp_conn_request_attr_t attr{};
     attr.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
-    if (ucp_conn_request_query(req, &attr) == UCS_OK)
-        peer = format_addr(reinterpret_cast<const sockaddr*>(&attr.client_address));
+    const bool have_addr = ucp_conn_request_query(req, &attr) == UCS_OK;
+    if (have_addr) peer = format_addr(reinterpret_cast<const sockaddr*>(&attr.client_address));
+
+    // Admission control, answered at the UCX level: the client's connect fails.
+    if (!allowed_.empty() && (!have_addr || !allowed_.allows(reinterpret_cast<const sockaddr*>(&attr.client_address)))) {
+        BTSP_LOG_INFO("rejected connection from %s: not in allowed_clients", peer.c_str());
+        ucp_listener_reject(listener_, req);
+        return;
+    }
+    if (opts_.max_connections != 0) {
+        std::size_t open = 0;
+        for (Connection* c = all_head_; c != nullptr; c = c->all_next)
+            if (!c->is_client && (c->phase == ConnPhase::OPEN || c->phase == ConnPhase::HANDSHAKE)) ++open;
+        if (open >= opts_.max_connections) {
+            BTSP_LOG_INFO("rejected connection from %s: max_connections (%zu) reached", peer.c_str(),
+                          opts_.max_connections);
+            ucp_listener_reject(listener_, req);
+            return;
+        }
+    }
 
     auto* conn = new (std::nothrow) Connection(this, false, next_conn_id_++);
     if (conn == nullptr) {

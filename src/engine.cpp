@@ -160,6 +160,7 @@ bool Engine::initialize(bool server_mode, std::uint16_t port) {
     }
 
     std::string err;
+    if (!allowed_.parse(opts_.allowed_clients, err)) return fail(err, true);
     bool want_shm = opts_.shared_memory_with_error_handling;
     if (want_shm) {
         std::string tls;
@@ -726,7 +727,10 @@ void Engine::precheck(Operation* op) const noexcept {
             }
             [[fallthrough]];
         case OpKind::RECV:
-            if (op->buffer == nullptr && op->size > 0) op->fail_now(RdmaResult::FAILURE, "null buffer");
+            if (op->buffer == nullptr && op->size > 0)
+                op->fail_now(RdmaResult::FAILURE, "null buffer");
+            else if (op->size > opts_.max_message_size)
+                op->fail_now(RdmaResult::FAILURE, "size exceeds ManagerOptions::max_message_size");
             break;
         case OpKind::CONNECT:
             if (op->host == nullptr || op->host[0] == '\0')

@@ -2,6 +2,7 @@
 // posts operations, completes them, and hands the worker over when user code blocks.
 #pragma once
 
+#include "address_filter.hpp"
 #include "connection.hpp"
 #include "handshake.hpp"
 
@@ -165,6 +166,7 @@ private:
                               void* user_data) noexcept;
 
     ManagerOptions opts_;
+    AddressFilter allowed_;
 
     // UCX resources (progress thread after initialize)
     ucp_context_h context_ = nullptr;

@@ -54,6 +54,16 @@ struct ManagerOptions {
     std::chrono::milliseconds keepalive_interval{200};
     /// Address the server listens on; empty = all IPv4 interfaces ("0.0.0.0").
     std::string listen_address;
+    /// Server: most client connections at once (0 = no limit). Clients beyond it are
+    /// rejected by UCX (their connect completes DISCONNECTED).
+    std::size_t max_connections = 0;
+    /// Server: if not empty, only clients whose address matches an entry are accepted:
+    /// exact addresses ("127.0.0.1", "::1") or CIDR blocks ("10.0.0.0/8", "fd00::/8").
+    /// A malformed entry makes initialize() fail.
+    std::vector<std::string> allowed_clients;
+    /// Largest message a tag_send/tag_recv accepts; larger sizes fail at once (catches
+    /// garbage sizes such as a negative length cast to size_t). Default 1 TiB.
+    std::size_t max_message_size = std::size_t{1} << 40;
     /// CPU to pin the progress thread to; -1 = no pinning.
     int progress_cpu = -1;
     /// Extra UCX configuration applied with ucp_config_modify (e.g. {"TLS", "tcp"}).
