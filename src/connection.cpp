@@ -47,6 +47,14 @@ void ctrl_send_callback(void* request, ucs_status_t /*status*/, void* user_data)
     conn->engine->maybe_free(conn);
 }
 
+void ping_send_callback(void* request, ucs_status_t /*status*/, void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    ucp_request_free(request);
+    conn->ping_pending = false;
+    --conn->ucx_refs;
+    conn->engine->maybe_free(conn);
+}
+
 void offer_recv_callback(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
                          void* user_data) {
     auto* conn = static_cast<Connection*>(user_data);
@@ -444,6 +452,15 @@ void Engine::become_open(Connection* conn) noexcept {
     // it; the client sees the reset and closes its side (on_endpoint_error).
     if (conn->ep_fast != nullptr) {
         post_ctrl_recv(bye_recv_);
+        if (opts_.heartbeat_interval.count() > 0) {
+            conn->last_heard = Clock::now();
+            post_ctrl_recv(ping_recv_);
+            if (!heartbeat_timer_.armed) {
+                heartbeat_timer_.fire = [](TimerNode* t) noexcept { static_cast<Engine*>(t->ctx)->heartbeat_tick(); };
+                heartbeat_timer_.ctx = this;
+                arm_timer(&heartbeat_timer_, Clock::now() + opts_.heartbeat_interval);
+            }
+        }
         if (!conn->is_client) retire_sock(conn);
     }
     set_base_state(RdmaState::CONNECTED);
@@ -686,18 +703,66 @@ void Engine::handle_bye_msg() noexcept {
 // Closing a worker-address endpoint tells the peer nothing: say goodbye first. The BYE
 // is a small eager message on the same endpoint as the data, so it arrives after it.
 void Engine::send_bye(Connection* conn) noexcept {
-    if (conn->ep_fast == nullptr) return;
+    if (conn->ep_fast != nullptr) send_ctrl_on(conn, conn->ep_fast, CtrlType::BYE, conn->bye_out, nullptr);
+}
+
+bool Engine::send_ctrl_on(Connection* conn, ucp_ep_h ep, CtrlType type, std::vector<std::uint8_t>& buf,
+                          bool* pending_flag) noexcept {
     try {
-        if (!encode_ctrl(CtrlType::BYE, conn->token, nullptr, 0, conn->bye_out)) return;
+        if (!encode_ctrl(type, conn->token, nullptr, 0, buf)) return false;
     } catch (...) {
-        return;
+        return false;
     }
     ucp_request_param_t p;
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = &ctrl_send_callback;
+    p.cb.send = pending_flag != nullptr ? &ping_send_callback : &ctrl_send_callback;
     p.user_data = conn;
-    ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->ep_fast, conn->bye_out.data(), conn->bye_out.size(), kTagBye, &p);
-    if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) ++conn->ucx_refs;
+    const std::uint64_t tag = type == CtrlType::BYE ? kTagBye : kTagPing;
+    ucs_status_ptr_t sp = ucp_tag_send_nbx(ep, buf.data(), buf.size(), tag, &p);
+    if (UCS_PTR_IS_ERR(sp)) return false;
+    if (sp != nullptr) {
+        ++conn->ucx_refs;
+        if (pending_flag != nullptr) *pending_flag = true;
+    }
+    return true;
+}
+
+void Engine::handle_ping_msg() noexcept {
+    ping_recv_.done = false;
+    const ucs_status_t status = ping_recv_.status;
+    if (status == UCS_ERR_CANCELED) return;
+    CtrlMessage msg;
+    if (status == UCS_OK && decode_ctrl(ping_recv_.buf.data(), ping_recv_.length, msg) && msg.type == CtrlType::PING) {
+        for (Connection* c = live_head_; c != nullptr; c = c->live_next) {
+            if (c->token == msg.token && c->ep_fast != nullptr) {
+                c->last_heard = Clock::now();
+                break;
+            }
+        }
+    }
+    post_ctrl_recv(ping_recv_);
+}
+
+// Every heartbeat_interval: ping each btsp peer, and give up on those not heard from.
+void Engine::heartbeat_tick() noexcept {
+    const auto now = Clock::now();
+    bool any = false;
+    for (Connection* c = live_head_; c != nullptr;) {
+        Connection* next = c->live_next;
+        if (c->ep_fast != nullptr) {
+            any = true;
+            if (now - c->last_heard > opts_.peer_timeout) {
+                BTSP_LOG_WARN("%s not heard from for %lld ms: connection considered lost", c->peer.c_str(),
+                              static_cast<long long>(
+                                  std::chrono::duration_cast<std::chrono::milliseconds>(now - c->last_heard).count()));
+                on_connection_error(c, UCS_ERR_ENDPOINT_TIMEOUT);
+            } else if (!c->ping_pending) {
+                send_ctrl_on(c, c->ep_fast, CtrlType::PING, c->ping_out, &c->ping_pending);
+            }
+        }
+        c = next;
+    }
+    if (any) arm_timer(&heartbeat_timer_, now + opts_.heartbeat_interval);
 }
 
 // ---- failure and close -------------------------------------------------------------------
@@ -736,6 +801,7 @@ void Engine::on_connection_error(Connection* conn, ucs_status_t status) noexcept
 void Engine::process_deferred() noexcept {
     if (accept_recv_.done) handle_accept_msg();
     if (bye_recv_.done) handle_bye_msg();
+    if (ping_recv_.done) handle_ping_msg();
     while (Connection* conn = deferred_head_) {
         deferred_head_ = conn->deferred_next;
         conn->deferred_next = nullptr;

@@ -70,6 +70,9 @@ public:
     // our OFFER (server) or ACCEPT (client) while its send is pending
     std::vector<std::uint8_t> ctrl_out;
     std::vector<std::uint8_t> bye_out;   // our BYE while its send is pending
+    std::vector<std::uint8_t> ping_out;  // our PING while its send is pending
+    bool ping_pending = false;
+    std::chrono::steady_clock::time_point last_heard{};  // last PING from the peer
 
     std::string peer;                  // "host:port" for logs
 

@@ -364,7 +364,7 @@ void Engine::teardown() noexcept {
     }
 
     // Handshake receives are per worker too.
-    for (CtrlRecv* r : {&accept_recv_, &bye_recv_})
+    for (CtrlRecv* r : {&accept_recv_, &bye_recv_, &ping_recv_})
         if (r->req != nullptr) ucp_request_cancel(worker_, r->req);
     for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
         if (conn->offer_req != nullptr) ucp_request_cancel(worker_, conn->offer_req);
@@ -425,7 +425,7 @@ void Engine::teardown() noexcept {
             }
         }
     }
-    for (CtrlRecv* r : {&accept_recv_, &bye_recv_}) {
+    for (CtrlRecv* r : {&accept_recv_, &bye_recv_, &ping_recv_}) {
         if (r->req != nullptr) {
             ucp_request_free(r->req);
             r->req = nullptr;
@@ -572,7 +572,8 @@ bool Engine::owner_loop(ThreadCtx* ctx) noexcept {
             Operation* head = submit_head_.load(std::memory_order_relaxed);
             if (head != nullptr && head != kClosed) active |= drain_submissions();
             if (ucp_worker_progress(worker_) != 0) active = true;
-            if (deferred_head_ != nullptr || !pending_requests_.empty() || accept_recv_.done || bye_recv_.done) {
+            if (deferred_head_ != nullptr || !pending_requests_.empty() || accept_recv_.done || bye_recv_.done ||
+                ping_recv_.done) {
                 process_deferred();
                 active = true;
             }

@@ -110,6 +110,10 @@ public:
     void handle_offer(Connection* c) noexcept;
     void handle_accept_msg() noexcept;
     void handle_bye_msg() noexcept;
+    void handle_ping_msg() noexcept;
+    void heartbeat_tick() noexcept;
+    bool send_ctrl_on(Connection* c, ucp_ep_h ep, CtrlType type, std::vector<std::uint8_t>& buf,
+                      bool* pending_flag) noexcept;
     void post_ctrl_recv(struct CtrlRecv& r) noexcept;
     void send_bye(Connection* c) noexcept;
     bool send_ctrl(Connection* c, CtrlType type) noexcept;
@@ -214,6 +218,8 @@ private:
     std::uint64_t token_seed_ = 0;
     CtrlRecv accept_recv_{kTagAccept};  // server: clients' ACCEPTs
     CtrlRecv bye_recv_{kTagBye};        // peers' BYEs
+    CtrlRecv ping_recv_{kTagPing};      // peers' heartbeats
+    TimerNode heartbeat_timer_;
     std::vector<ucp_conn_request_h> pending_requests_;  // answered after progress returns
     std::uint64_t next_conn_id_ = 1;
     bool tearing_down_ = false;

@@ -37,13 +37,11 @@ bool decode_ctrl(const std::uint8_t* data, std::size_t size, CtrlMessage& out) n
     if (get(data, 4) != kCtrlMagic) return false;
     if (get(data + 4, 2) != kCtrlVersion) return false;
     const auto type = get(data + 6, 2);
-    if (type != static_cast<std::uint16_t>(CtrlType::OFFER) &&
-        type != static_cast<std::uint16_t>(CtrlType::ACCEPT) && type != static_cast<std::uint16_t>(CtrlType::BYE))
+    if (type < static_cast<std::uint16_t>(CtrlType::OFFER) || type > static_cast<std::uint16_t>(CtrlType::PING))
         return false;
     const std::uint64_t length = get(data + 16, 4);
     if (length > kMaxWorkerAddress || length != size - kCtrlHeaderSize) return false;
-    // OFFER/ACCEPT carry a worker address, BYE nothing.
-    if ((type == static_cast<std::uint16_t>(CtrlType::BYE)) != (length == 0)) return false;
+    if (carries_address(static_cast<CtrlType>(type)) != (length != 0)) return false;
     out.type = static_cast<CtrlType>(type);
     out.token = get(data + 8, 8);
     out.address = data + kCtrlHeaderSize;

@@ -8,9 +8,13 @@
 //   server → client  OFFER  {token, server worker address}   on the sockaddr endpoint
 //   client → server  ACCEPT {token, client worker address}   on the sockaddr endpoint
 //   either → other   BYE    {token}                          on the worker-address endpoint
+//   either → other   PING   {token}   every heartbeat_interval on the worker-address endpoint
 //
 // BYE exists because closing a worker-address endpoint tells the peer nothing (only
 // sockaddr endpoints carry a disconnect): it is sent before a connection is closed.
+// PING exists because a silent network cut or a frozen peer is invisible to UCX on tcp
+// (its own keepalive traffic keeps TCP's keepalive from ever starting): a peer not heard
+// from within peer_timeout is declared gone.
 //
 // Both are UCX tag messages with reserved tags (kTagOffer, kTagAccept). Layout, all
 // integers little-endian: magic u32 'BTSP', version u16, type u16, token u64,
@@ -28,6 +32,7 @@ inline constexpr std::uint64_t kReservedTagMask = 0xFFFFFFFF00000000ull;
 inline constexpr std::uint64_t kTagOffer = kReservedTagPrefix | 1;
 inline constexpr std::uint64_t kTagAccept = kReservedTagPrefix | 2;
 inline constexpr std::uint64_t kTagBye = kReservedTagPrefix | 3;
+inline constexpr std::uint64_t kTagPing = kReservedTagPrefix | 4;
 
 inline constexpr std::uint32_t kCtrlMagic = 0x50535442;  // "BTSP"
 inline constexpr std::uint16_t kCtrlVersion = 1;
@@ -37,7 +42,10 @@ inline constexpr std::size_t kMaxWorkerAddress = 60 * 1024;
 /// Receive buffer size for a control message.
 inline constexpr std::size_t kCtrlBufferSize = kCtrlHeaderSize + kMaxWorkerAddress;
 
-enum class CtrlType : std::uint16_t { OFFER = 1, ACCEPT = 2, BYE = 3 };
+enum class CtrlType : std::uint16_t { OFFER = 1, ACCEPT = 2, BYE = 3, PING = 4 };
+
+/// True for the control messages that carry a worker address.
+constexpr bool carries_address(CtrlType t) noexcept { return t == CtrlType::OFFER || t == CtrlType::ACCEPT; }
 
 struct CtrlMessage {
     CtrlType type = CtrlType::OFFER;

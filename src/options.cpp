@@ -60,6 +60,8 @@ ManagerOptions ManagerOptions::from_env() {
     if (env_int("BTSP_CLOSE_TIMEOUT_MS", x, 0, 60LL * 1000)) o.close_timeout = std::chrono::milliseconds(x);
     if (env_int("BTSP_PROGRESS_CPU", x, -1, 4095)) o.progress_cpu = static_cast<int>(x);
     if (env_int("BTSP_KEEPALIVE_MS", x, 0, 3600LL * 1000)) o.keepalive_interval = std::chrono::milliseconds(x);
+    if (env_int("BTSP_HEARTBEAT_MS", x, 0, 3600LL * 1000)) o.heartbeat_interval = std::chrono::milliseconds(x);
+    if (env_int("BTSP_PEER_TIMEOUT_MS", x, 1, 24LL * 3600 * 1000)) o.peer_timeout = std::chrono::milliseconds(x);
     if (env_int("BTSP_FAST_PATH", x, 0, 1)) o.fast_path = x != 0;
     if (env_int("BTSP_HANDSHAKE_GRACE_MS", x, 0, 60LL * 1000)) o.handshake_grace = std::chrono::milliseconds(x);
     return o;

@@ -52,6 +52,12 @@ struct ManagerOptions {
     /// level failure signal (shared memory) check that the peer is alive. A killed peer
     /// on a worker-address endpoint is noticed within about two periods. 0 = UCX default.
     std::chrono::milliseconds keepalive_interval{200};
+    /// Between btsp peers: each side sends a small heartbeat this often, and a peer not heard
+    /// from for `peer_timeout` is declared gone (its connection fails, every pending operation
+    /// ends DISCONNECTED). Catches silent network cuts and frozen (SIGSTOPped) peers, which
+    /// UCX alone does not notice on tcp. 0 disables the heartbeat.
+    std::chrono::milliseconds heartbeat_interval{1000};
+    std::chrono::milliseconds peer_timeout{10000};
     /// Address the server listens on; empty = all IPv4 interfaces ("0.0.0.0").
     std::string listen_address;
     /// Server: most client connections at once (0 = no limit). Clients beyond it are
@@ -71,7 +77,8 @@ struct ManagerOptions {
 
     /// Defaults overridden by the environment: BTSP_PROGRESS_MODE, BTSP_CONNECT_TIMEOUT_MS,
     /// BTSP_ADAPTIVE_SPIN_US, BTSP_HANDOFF_MS, BTSP_CLOSE_TIMEOUT_MS, BTSP_PROGRESS_CPU,
-    /// BTSP_FAST_PATH (0/1), BTSP_HANDSHAKE_GRACE_MS, BTSP_KEEPALIVE_MS.
+    /// BTSP_FAST_PATH (0/1), BTSP_HANDSHAKE_GRACE_MS, BTSP_KEEPALIVE_MS, BTSP_HEARTBEAT_MS,
+    /// BTSP_PEER_TIMEOUT_MS.
     /// Malformed values are ignored with a warning in the log.
     [[nodiscard]] static ManagerOptions from_env();
 };
