@@ -2,6 +2,7 @@
 // and completion. Connection handling (connect/accept/failure/close) is in connection.cpp.
 #include "engine.hpp"
 
+#include "config_parse.hpp"
 #include "status.hpp"
 
 #include <btsp/log.hpp>
@@ -31,23 +32,6 @@ constexpr const char* kShutDown = "manager shut down";
 constexpr int kMaxBlockedThreads = 32;
 
 using Clock = std::chrono::steady_clock;
-
-// UCX reports a config key it does not know as an error; shm transports named in a TLS
-// list decide whether MM_ERROR_HANDLING may be set at all (UCX rejects it otherwise).
-bool tls_list_allows_shm(const std::string& tls) {
-    if (tls.empty() || tls[0] == '^') return true;
-    for (const char* name : {"all", "sm", "shm", "sysv", "posix", "mm"}) {
-        std::size_t pos = 0;
-        const std::string n(name);
-        while ((pos = tls.find(n, pos)) != std::string::npos) {
-            const bool start_ok = pos == 0 || tls[pos - 1] == ',';
-            const bool end_ok = pos + n.size() == tls.size() || tls[pos + n.size()] == ',';
-            if (start_ok && end_ok) return true;
-            pos += n.size();
-        }
-    }
-    return false;
-}
 
 }  // namespace
 
