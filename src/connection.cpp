@@ -867,6 +867,28 @@ void Engine::start_listen(Operation* op) noexcept {
     if (live_head_ == nullptr) set_base_state(RdmaState::LISTENING);
 }
 
+void Engine::start_disconnect(Operation* op) noexcept {
+    for (Connection* c = all_head_; c != nullptr;) {
+        Connection* next = c->all_next;
+        if (c->phase == ConnPhase::CONNECTING) {
+            abort_connect(c, RdmaResult::DISCONNECTED, UCS_ERR_CANCELED, "disconnected");
+        } else if (c->phase == ConnPhase::OPEN || c->phase == ConnPhase::HANDSHAKE) {
+            for (Operation* o = tracked_head_; o != nullptr;) {
+                Operation* onext = o->reg_next;
+                if (o->kind == OpKind::RECV && o->conn == c) cancel_op(o, RdmaResult::DISCONNECTED, "disconnected");
+                o = onext;
+            }
+            BTSP_LOG_INFO("closing the connection to %s", c->peer.c_str());
+            close_connection(c, c->pending_sends > 0);
+            maybe_free(c);
+        }
+        c = next;
+    }
+    op->result.result = RdmaResult::SUCCESS;
+    op->flags |= kOpCompleted;
+    set_base_state(idle_state());
+}
+
 void Engine::close_connection(Connection* conn, bool force) noexcept {
     if (conn->phase == ConnPhase::OPEN) remove_live(conn);
     if (conn->phase == ConnPhase::CLOSING || conn->phase == ConnPhase::CLOSED) return;

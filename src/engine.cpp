@@ -724,6 +724,7 @@ void Engine::precheck(Operation* op) const noexcept {
                 op->fail_now(RdmaResult::FAILURE, "port 0 is not a valid destination");
             break;
         case OpKind::LISTEN:
+        case OpKind::DISCONNECT:
             break;
     }
 }
@@ -821,6 +822,7 @@ void Engine::post(Operation* op) noexcept {
         case OpKind::RECV: post_recv(op); break;
         case OpKind::CONNECT: start_connect(op); break;
         case OpKind::LISTEN: start_listen(op); break;
+        case OpKind::DISCONNECT: start_disconnect(op); break;
     }
     op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
     if (op->timeout.count() > 0 && (op->flags & kOpTracked)) {
@@ -880,6 +882,7 @@ void Engine::cancel_pending(Operation* op, RdmaResult r, const char* why) noexce
             abort_connect(op->conn, r, r == RdmaResult::TIMEOUT ? UCS_ERR_TIMED_OUT : UCS_ERR_CANCELED, why);
             break;
         case OpKind::LISTEN:
+        case OpKind::DISCONNECT:
             break;
     }
 }

@@ -95,6 +95,7 @@ public:
     // connection.cpp
     void start_connect(Operation* op) noexcept;
     void start_listen(Operation* op) noexcept;
+    void start_disconnect(Operation* op) noexcept;
     void on_conn_request(ucp_conn_request_h req) noexcept;
     void on_connection_error(Connection* c, ucs_status_t status) noexcept;
     void on_endpoint_error(Connection* c, ucp_ep_h ep, ucs_status_t status) noexcept;

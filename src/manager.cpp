@@ -154,6 +154,12 @@ RdmaAwaitable CoroutineRdmaManager::listen(std::uint16_t port) {
     return a;
 }
 
+RdmaAwaitable CoroutineRdmaManager::disconnect() {
+    RdmaAwaitable a = make_op(detail::OpKind::DISCONNECT, nullptr, 0, 0, 0);
+    engine_->precheck(&a.op_);
+    return a;
+}
+
 StateChangeAwaitable CoroutineRdmaManager::wait_for_state(RdmaState target_state) {
     return StateChangeAwaitable(engine_.get(), target_state);
 }

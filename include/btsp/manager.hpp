@@ -173,6 +173,12 @@ public:
     /// listener is up (bytes_transferred = 0); use wait_for_connection() to accept.
     RdmaAwaitable listen(std::uint16_t port);
 
+    /// Closes this manager's connections (a client's one; all of a server's clients, the
+    /// listener stays). Their pending operations complete DISCONNECTED, the peers see the
+    /// connection end, and the state returns to IDLE / LISTENING, so connect() may be
+    /// called again. SUCCESS (also when there was nothing to close).
+    RdmaAwaitable disconnect();
+
     /// Waits until the state is `target_state` (see StateChangeAwaitable).
     StateChangeAwaitable wait_for_state(RdmaState target_state);
     /// Same as wait_for_state(RdmaState::CONNECTED).

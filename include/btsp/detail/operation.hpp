@@ -33,7 +33,7 @@ struct TimerNode {
     void* ctx = nullptr;  // what the timer belongs to
 };
 
-enum class OpKind : std::uint8_t { SEND, RECV, CONNECT, LISTEN };
+enum class OpKind : std::uint8_t { SEND, RECV, CONNECT, LISTEN, DISCONNECT };
 
 enum OpFlags : std::uint8_t {
     kOpInUcxCall = 1u << 0,    // the UCX call that posts it has not returned yet
