@@ -79,8 +79,9 @@ private:
                 continue;
             }
             const auto next = by_time_.begin();
-            if (next->first > Clock::now()) {
-                cv_.wait_until(lock, next->first);
+            const Clock::time_point when = next->first;  // the node may go while we wait
+            if (when > Clock::now()) {
+                cv_.wait_until(lock, when);
                 continue;
             }
             const std::uint64_t id = next->second;

@@ -91,9 +91,10 @@ public:
         template <typename Promise>
         std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> h) noexcept {
             TaskPromiseBase& p = h.promise();
-            std::coroutine_handle<> next = p.continuation_;
             const std::uint8_t prev = p.state_.exchange(kTaskDone, std::memory_order_acq_rel);
-            if (prev == kTaskAwaited) return next;  // symmetric transfer: no stack growth
+            // The continuation was published by the CAS in set_continuation; read it only
+            // after this exchange has synchronised with it.
+            if (prev == kTaskAwaited) return p.continuation_;  // symmetric transfer: no stack growth
             if (prev == kTaskDetached) h.destroy();
             return std::noop_coroutine();
         }
