@@ -1,9 +1,11 @@
 // btsp — umbrella header: the whole public API.
 #pragma once
 
+#include <btsp/batch.hpp>
 #include <btsp/log.hpp>
 #include <btsp/manager.hpp>
 #include <btsp/options.hpp>
 #include <btsp/task.hpp>
 #include <btsp/timeout.hpp>
 #include <btsp/types.hpp>
+#include <btsp/when_all.hpp>
