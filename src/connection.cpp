@@ -58,11 +58,11 @@ void ping_send_callback(void* request, ucs_status_t /*status*/, void* user_data)
 void offer_recv_callback(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
                          void* user_data) {
     auto* conn = static_cast<Connection*>(user_data);
+    conn->offer_length = info != nullptr ? info->length : 0;  // inside the request: read first
     ucp_request_free(request);
     conn->offer_req = nullptr;
     conn->offer_done = true;
     conn->offer_status = status;
-    conn->offer_length = info != nullptr ? info->length : 0;
     --conn->ucx_refs;
     conn->engine->on_offer_received(conn);
 }
@@ -628,11 +628,11 @@ void Engine::post_ctrl_recv(CtrlRecv& r) noexcept {
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
     p.cb.recv = [](void* request, ucs_status_t status, const ucp_tag_recv_info_t* info, void* user_data) {
         auto* cr = static_cast<CtrlRecv*>(user_data);
+        cr->length = info != nullptr ? info->length : 0;  // inside the request: read first
         ucp_request_free(request);
         cr->req = nullptr;
         cr->done = true;
         cr->status = status;
-        cr->length = info != nullptr ? info->length : 0;
     };
     p.user_data = &r;
     r.done = false;

@@ -961,10 +961,12 @@ void Engine::send_callback(void* request, ucs_status_t status, void* user_data) 
 void Engine::recv_callback(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
                            void* user_data) noexcept {
     auto* op = static_cast<Operation*>(user_data);
+    // `info` lives inside the request: read it before the request goes back to UCX.
+    const std::size_t length = info != nullptr ? info->length : 0;
+    const std::uint64_t sender_tag = info != nullptr ? info->sender_tag : 0;
     ucp_request_free(request);
     op->request = nullptr;
-    op->engine->finish(op, status, info != nullptr ? info->length : 0,
-                       info != nullptr ? info->sender_tag : 0);
+    op->engine->finish(op, status, length, sender_tag);
 }
 
 void Engine::finish(Operation* op, ucs_status_t status, std::size_t length,
