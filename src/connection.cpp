@@ -177,7 +177,8 @@ void Engine::add_live(Connection* c) noexcept {
     c->live_next = nullptr;
     if (live_tail_) live_tail_->live_next = c; else live_head_ = c;
     live_tail_ = c;
-    live_count_.fetch_add(1, std::memory_order_relaxed);
+    live_count_.fetch_add(1, std::memory_order_release);
+    had_connection_.store(true, std::memory_order_release);
     primary_ep_.store(live_head_->data_ep(), std::memory_order_release);
 }
 

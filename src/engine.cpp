@@ -706,12 +706,23 @@ void Engine::precheck(Operation* op) const noexcept {
     }
     switch (op->kind) {
         case OpKind::SEND:
+            if (live_count_.load(std::memory_order_acquire) == 0) {
+                op->fail_now(RdmaResult::DISCONNECTED, "not connected");
+                break;
+            }
             if (is_reserved_tag(op->tag)) {
                 op->fail_now(RdmaResult::FAILURE, "tag reserved by the library (0xB75FC0DExxxxxxxx)");
                 break;
             }
             [[fallthrough]];
         case OpKind::RECV:
+            // Never connected: nothing can be waiting in UCX for it. (After a connection,
+            // the progress thread looks for a message that arrived before it ended.)
+            if (op->kind == OpKind::RECV && live_count_.load(std::memory_order_acquire) == 0 &&
+                !had_connection_.load(std::memory_order_acquire)) {
+                op->fail_now(RdmaResult::DISCONNECTED, "not connected");
+                break;
+            }
             if (op->buffer == nullptr && op->size > 0)
                 op->fail_now(RdmaResult::FAILURE, "null buffer");
             else if (op->size > opts_.max_message_size)

@@ -189,6 +189,7 @@ private:
     std::atomic<std::uint32_t> sends_in_flight_{0};  // written by the owner only
     std::atomic<std::uint32_t> recvs_in_flight_{0};  // written by the owner only
     std::atomic<std::size_t> live_count_{0};
+    std::atomic<bool> had_connection_{false};
     std::atomic<std::uint16_t> listen_port_{0};
     std::atomic<ucp_ep_h> primary_ep_{nullptr};
 

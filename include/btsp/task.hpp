@@ -40,21 +40,28 @@ concept Cancellable = requires(A& a) {
 template <typename A>
 decltype(auto) get_awaiter(A&& a);
 
-// Wraps a cancellable awaitable co_awaited inside an RdmaTask: while it is pending, the
-// task's CancelSlot points at it.
+// What an RdmaTask (or sync_wait) actually co_awaits: a small wrapper holding a reference
+// to the operand and its awaiter. It keeps the operand in place (GCC 12 copies an awaiter
+// that await_transform returns by reference; the operand may be neither copyable nor
+// movable, and RdmaAwaitable's state lives inside it), and for cancellable operands it
+// points the task's CancelSlot at them while they are pending.
 template <typename A>
-class CancellableAwait {
+class AwaitRef {
 public:
-    CancellableAwait(A&& a, CancelSlot* slot) noexcept
+    AwaitRef(A&& a, CancelSlot* slot) noexcept
         : a_(std::forward<A>(a)), slot_(slot), awaiter_(get_awaiter(std::forward<A>(a_))) {}
     bool await_ready() { return awaiter_.await_ready(); }
     template <typename H>
     decltype(auto) await_suspend(H h) {
-        slot_->attach(a_.cancel_target());
+        if constexpr (Cancellable<std::remove_reference_t<A>>) {
+            if (slot_ != nullptr) slot_->attach(a_.cancel_target());
+        }
         return awaiter_.await_suspend(h);
     }
     decltype(auto) await_resume() {
-        slot_->detach();
+        if constexpr (Cancellable<std::remove_reference_t<A>>) {
+            if (slot_ != nullptr) slot_->detach();
+        }
         return awaiter_.await_resume();
     }
 
@@ -76,12 +83,8 @@ public:
     // Cancellable awaitables (manager operations, other tasks) are tracked so the task can
     // be cancelled from outside (RdmaTask::request_cancel, with_timeout).
     template <typename A>
-    decltype(auto) await_transform(A&& a) noexcept {
-        if constexpr (Cancellable<std::remove_reference_t<A>>) {
-            return CancellableAwait<A>(std::forward<A>(a), &slot_);
-        } else {
-            return std::forward<A>(a);
-        }
+    AwaitRef<A> await_transform(A&& a) noexcept {
+        return AwaitRef<A>(std::forward<A>(a), &slot_);
     }
 
     CancelSlot& cancel_slot() noexcept { return slot_; }
@@ -121,6 +124,15 @@ private:
     std::atomic<std::uint8_t> state_{kTaskRunning};
     std::coroutine_handle<> continuation_{};
     CancelSlot slot_;
+};
+
+template <typename T, bool Rvalue>
+struct TaskAwaitResult {
+    using type = std::conditional_t<Rvalue, T, T&>;
+};
+template <bool Rvalue>
+struct TaskAwaitResult<void, Rvalue> {
+    using type = void;
 };
 
 template <typename T>
@@ -204,24 +216,28 @@ public:
         }
     }
 
+    /// co_await on an rvalue task yields its value (moved out); on an lvalue, a reference
+    /// to the value stored in the task.
+    template <bool Rvalue>
     struct Awaiter {
         std::coroutine_handle<promise_type> h;
-        bool rvalue;
         bool await_ready() const noexcept { return !h || h.promise().is_done(); }
         bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
             return h.promise().set_continuation(awaiting);
         }
-        decltype(auto) await_resume() {
+        auto await_resume() -> typename detail::TaskAwaitResult<T, Rvalue>::type {
             if (!h) throw std::logic_error("btsp::RdmaTask: co_await on an empty task");
             if constexpr (std::is_void_v<T>) {
                 h.promise().value();
+            } else if constexpr (Rvalue) {
+                return T(std::move(h.promise().value()));
             } else {
-                return T(rvalue ? std::move(h.promise().value()) : h.promise().value());
+                return h.promise().value();
             }
         }
     };
-    Awaiter operator co_await() & noexcept { return Awaiter{handle_, false}; }
-    Awaiter operator co_await() && noexcept { return Awaiter{handle_, true}; }
+    Awaiter<false> operator co_await() & noexcept { return Awaiter<false>{handle_}; }
+    Awaiter<true> operator co_await() && noexcept { return Awaiter<true>{handle_}; }
 
     /// Asks the task to stop: the operation it is awaiting now (however deep, through
     /// awaited sub-tasks) completes with `result` (CANCELLED or TIMEOUT), and so does every
@@ -316,6 +332,10 @@ public:
             void await_resume() const noexcept {}
         };
         Final final_suspend() noexcept { return {}; }
+        template <typename A>
+        AwaitRef<A> await_transform(A&& a) noexcept {
+            return AwaitRef<A>(std::forward<A>(a), nullptr);
+        }
         void unhandled_exception() noexcept { result.template emplace<2>(std::current_exception()); }
         template <typename U>
         void return_value(U&& v) {
