@@ -179,6 +179,7 @@ void Engine::add_live(Connection* c) noexcept {
     live_tail_ = c;
     live_count_.fetch_add(1, std::memory_order_release);
     had_connection_.store(true, std::memory_order_release);
+    bump(conns_opened_);
     primary_ep_.store(live_head_->data_ep(), std::memory_order_release);
 }
 
@@ -541,6 +542,7 @@ void Engine::accept(ucp_conn_request_h req) noexcept {
     // Admission control, answered at the UCX level: the client's connect fails.
     if (!allowed_.empty() && (!have_addr || !allowed_.allows(reinterpret_cast<const sockaddr*>(&attr.client_address)))) {
         BTSP_LOG_INFO("rejected connection from %s: not in allowed_clients", peer.c_str());
+        bump(conns_rejected_);
         ucp_listener_reject(listener_, req);
         return;
     }
@@ -551,6 +553,7 @@ void Engine::accept(ucp_conn_request_h req) noexcept {
         if (open >= opts_.max_connections) {
             BTSP_LOG_INFO("rejected connection from %s: max_connections (%zu) reached", peer.c_str(),
                           opts_.max_connections);
+            bump(conns_rejected_);
             ucp_listener_reject(listener_, req);
             return;
         }
@@ -781,6 +784,7 @@ void Engine::on_connection_error(Connection* conn, ucs_status_t status) noexcept
     disarm_timer(&conn->grace_timer);
     if (was_open) {
         remove_live(conn);
+        if (status != UCS_ERR_CANCELED) bump(conns_lost_);
         BTSP_LOG_INFO("connection to %s lost: %s", conn->peer.c_str(), ucs_status_string(status));
     } else {
         BTSP_LOG_INFO("%s %s failed: %s", conn->is_client ? "connect to" : "handshake with",

@@ -15,7 +15,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
+#include <ctime>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -736,6 +738,7 @@ void Engine::precheck(Operation* op) const noexcept {
             break;
         case OpKind::LISTEN:
         case OpKind::DISCONNECT:
+        case OpKind::INSPECT:
             break;
     }
 }
@@ -764,6 +767,7 @@ bool Engine::start(Operation* op) noexcept {
     do {
         if (head == kClosed) {
             op->fail_now(RdmaResult::DISCONNECTED, kShutDown);
+            record_early(op);
             return false;
         }
         op->next_submit = head;
@@ -826,6 +830,9 @@ void Engine::post(Operation* op) noexcept {
                                                       : "cancelled before it started");
         return;
     }
+    if ((++sample_counter_ & 15) == 0) {  // latency of 1 op in 16
+        op->sample_t0 = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+    }
     // Completions during the call are reported by the caller, not via the ready list.
     op->flags |= kOpInUcxCall;
     switch (op->kind) {
@@ -834,8 +841,10 @@ void Engine::post(Operation* op) noexcept {
         case OpKind::CONNECT: start_connect(op); break;
         case OpKind::LISTEN: start_listen(op); break;
         case OpKind::DISCONNECT: start_disconnect(op); break;
+        case OpKind::INSPECT: inspect(op); break;
     }
     op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
+    if (op->flags & kOpCompleted) record(op);
     if (op->timeout.count() > 0 && (op->flags & kOpTracked)) {
         op->deadline_timer.fire = [](TimerNode* t) noexcept {
             auto* o = static_cast<Operation*>(t->ctx);
@@ -894,6 +903,7 @@ void Engine::cancel_pending(Operation* op, RdmaResult r, const char* why) noexce
             break;
         case OpKind::LISTEN:
         case OpKind::DISCONNECT:
+        case OpKind::INSPECT:
             break;
     }
 }
@@ -1004,7 +1014,96 @@ void Engine::finish(Operation* op, ucs_status_t status, std::size_t length,
 
 void Engine::complete(Operation* op) noexcept {
     op->flags |= kOpCompleted;
-    if ((op->flags & kOpInUcxCall) == 0) push_ready(op);
+    if ((op->flags & kOpInUcxCall) == 0) {
+        record(op);
+        push_ready(op);
+    }
+}
+
+KindCounters* Engine::counters_for(OpKind k) noexcept {
+    switch (k) {
+        case OpKind::SEND: return &send_stats_;
+        case OpKind::RECV: return &recv_stats_;
+        case OpKind::CONNECT: return &connect_stats_;
+        default: return nullptr;
+    }
+}
+
+void Engine::record(const Operation* op) noexcept {
+    KindCounters* k = counters_for(op->kind);
+    if (k == nullptr) return;
+    const auto r = static_cast<std::size_t>(op->result.result);
+    bump(k->completed);
+    if (r < k->by_result.size()) bump(k->by_result[r]);
+    if (op->result.result == RdmaResult::SUCCESS) bump(k->bytes, op->result.bytes_transferred);
+    if (op->sample_t0 != 0) {
+        const std::int64_t now =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+        const auto ns = static_cast<std::uint64_t>(now > op->sample_t0 ? now - op->sample_t0 : 0);
+        int b = ns == 0 ? 0 : static_cast<int>(std::bit_width(ns));
+        if (b >= LatencyHistogram::kBuckets) b = LatencyHistogram::kBuckets - 1;
+        bump(k->latency[static_cast<std::size_t>(b)]);
+        bump(k->lat_count);
+        bump(k->lat_sum, ns);
+        if (ns > k->lat_max.load(std::memory_order_relaxed)) k->lat_max.store(ns, std::memory_order_relaxed);
+    }
+}
+
+void Engine::record_early(const Operation* op) noexcept {
+    KindCounters* k = counters_for(op->kind);
+    const auto r = static_cast<std::size_t>(op->result.result);
+    if (k != nullptr && r < k->early.size()) k->early[r].fetch_add(1, std::memory_order_relaxed);
+}
+
+void Engine::inspect(Operation* op) noexcept {
+    auto* out = static_cast<std::vector<InFlightOp>*>(const_cast<void*>(op->buffer));
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    const std::int64_t now_ms = static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+    try {
+        for (const Operation* o = tracked_head_; o != nullptr; o = o->reg_next) {
+            InFlightOp e;
+            e.kind = o->kind == OpKind::SEND ? "send" : o->kind == OpKind::RECV ? "recv" : "connect";
+            e.tag = o->tag;
+            e.size = o->size;
+            e.peer = o->conn != nullptr ? o->conn->peer : std::string("-");
+            e.age_ms = now_ms - o->posted_at_ms;
+            e.cancel_requested = o->cancel_request.load(std::memory_order_relaxed) != 0;
+            out->push_back(std::move(e));
+        }
+        op->result.result = RdmaResult::SUCCESS;
+    } catch (...) {
+        op->result.result = RdmaResult::FAILURE;
+    }
+    op->flags |= kOpCompleted;
+}
+
+MetricsSnapshot Engine::metrics() const noexcept {
+    MetricsSnapshot s;
+    auto fill = [](const KindCounters& k, OpStats& o) {
+        o.completed = k.completed.load(std::memory_order_relaxed);
+        o.bytes = k.bytes.load(std::memory_order_relaxed);
+        for (std::size_t i = 0; i < o.by_result.size(); ++i) {
+            const std::uint64_t early = k.early[i].load(std::memory_order_relaxed);
+            o.by_result[i] = k.by_result[i].load(std::memory_order_relaxed) + early;
+            o.completed += early;
+        }
+        for (std::size_t i = 0; i < o.latency.buckets.size(); ++i)
+            o.latency.buckets[i] = k.latency[i].load(std::memory_order_relaxed);
+        o.latency.count = k.lat_count.load(std::memory_order_relaxed);
+        o.latency.sum_ns = k.lat_sum.load(std::memory_order_relaxed);
+        o.latency.max_ns = k.lat_max.load(std::memory_order_relaxed);
+    };
+    fill(send_stats_, s.send);
+    fill(recv_stats_, s.recv);
+    fill(connect_stats_, s.connect);
+    s.connections_opened = conns_opened_.load(std::memory_order_relaxed);
+    s.connections_lost = conns_lost_.load(std::memory_order_relaxed);
+    s.connections_rejected = conns_rejected_.load(std::memory_order_relaxed);
+    s.in_flight_sends = sends_in_flight_.load(std::memory_order_relaxed);
+    s.in_flight_recvs = recvs_in_flight_.load(std::memory_order_relaxed);
+    s.live_connections = live_count_.load(std::memory_order_relaxed);
+    return s;
 }
 
 void Engine::push_ready(ReadyNode* node) noexcept {
@@ -1024,6 +1123,9 @@ void Engine::cancel_op(Operation* op, RdmaResult r, const char* why) noexcept {
 
 void Engine::track(Operation* op) noexcept {
     op->flags |= kOpTracked;
+    timespec ts;  // coarse clock: ~5 ns, good enough for "pending for 12 s"
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    op->posted_at_ms = static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
     op->reg_prev = nullptr;
     op->reg_next = tracked_head_;
     if (tracked_head_) tracked_head_->reg_prev = op;

@@ -8,11 +8,13 @@
 
 #include <btsp/detail/operation.hpp>
 #include <btsp/manager.hpp>
+#include <btsp/metrics.hpp>
 #include <btsp/options.hpp>
 #include <btsp/types.hpp>
 
 #include <ucp/api/ucp.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -34,6 +36,23 @@ struct CtrlRecv {
     ucs_status_t status = UCS_OK;
     std::size_t length = 0;
 };
+
+/// Counters of one operation kind. Written by the owning progress thread only (plain
+/// relaxed load+store: no locked instruction on the hot path); read by anyone.
+struct KindCounters {
+    std::atomic<std::uint64_t> completed{0};
+    std::atomic<std::uint64_t> bytes{0};
+    std::array<std::atomic<std::uint64_t>, 5> by_result{};
+    std::array<std::atomic<std::uint64_t>, LatencyHistogram::kBuckets> latency{};
+    std::atomic<std::uint64_t> lat_count{0};
+    std::atomic<std::uint64_t> lat_sum{0};
+    std::atomic<std::uint64_t> lat_max{0};
+    std::array<std::atomic<std::uint64_t>, 5> early{};  // failed before reaching the engine (any thread)
+};
+
+inline void bump(std::atomic<std::uint64_t>& a, std::uint64_t d = 1) noexcept {
+    a.store(a.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
+}
 
 /// Per-thread identity of an engine thread: which engine and which ownership generation.
 struct ThreadCtx {
@@ -60,6 +79,13 @@ public:
     /// Pre-start check: fails `op` at once if the manager cannot run it at all.
     void precheck(Operation* op) const noexcept;
 
+    // ---- metrics ---------------------------------------------------------------------
+    MetricsSnapshot metrics() const noexcept;
+    /// Records an operation that failed before reaching the engine (any thread).
+    void record_early(const Operation* op) noexcept;
+    /// Lists the operations in flight (progress thread only; see CoroutineRdmaManager).
+    void inspect(Operation* op) noexcept;
+
     // ---- raw worker access (WorkerGuard) -------------------------------------------
     /// Claims the worker for user code on its owning thread; returns the generation or 0.
     std::uint64_t claim_worker() noexcept;
@@ -84,6 +110,8 @@ public:
 
     // ---- used by connection.cpp and the UCX callbacks (progress thread only) ---------
     void complete(Operation* op) noexcept;
+    void record(const Operation* op) noexcept;
+    KindCounters* counters_for(OpKind k) noexcept;
     void push_ready(ReadyNode* node) noexcept;
     void track(Operation* op) noexcept;
     void untrack(Operation* op) noexcept;
@@ -190,6 +218,15 @@ private:
     std::atomic<std::uint32_t> recvs_in_flight_{0};  // written by the owner only
     std::atomic<std::size_t> live_count_{0};
     std::atomic<bool> had_connection_{false};
+
+    // metrics (see KindCounters)
+    KindCounters send_stats_;
+    KindCounters recv_stats_;
+    KindCounters connect_stats_;
+    std::atomic<std::uint64_t> conns_opened_{0};
+    std::atomic<std::uint64_t> conns_lost_{0};
+    std::atomic<std::uint64_t> conns_rejected_{0};
+    std::uint32_t sample_counter_ = 0;
     std::atomic<std::uint16_t> listen_port_{0};
     std::atomic<ucp_ep_h> primary_ep_{nullptr};
 

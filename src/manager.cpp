@@ -124,6 +124,7 @@ RdmaAwaitable CoroutineRdmaManager::make_op(detail::OpKind kind, const void* dat
 RdmaAwaitable CoroutineRdmaManager::tag_send(const void* data, std::size_t size, std::uint64_t tag) {
     RdmaAwaitable a = make_op(detail::OpKind::SEND, data, size, tag, ~std::uint64_t{0});
     engine_->precheck(&a.op_);
+    if (a.op_.flags & detail::kOpCompleted) engine_->record_early(&a.op_);
     return a;
 }
 
@@ -135,6 +136,7 @@ RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::
                                              std::uint64_t tag_mask) {
     RdmaAwaitable a = make_op(detail::OpKind::RECV, data, size, tag, tag_mask);
     engine_->precheck(&a.op_);
+    if (a.op_.flags & detail::kOpCompleted) engine_->record_early(&a.op_);
     return a;
 }
 
@@ -144,6 +146,7 @@ RdmaAwaitable CoroutineRdmaManager::connect(const std::string& remote_addr, std:
     a.op_.host = a.host_.c_str();
     a.op_.port = remote_port;
     engine_->precheck(&a.op_);
+    if (a.op_.flags & detail::kOpCompleted) engine_->record_early(&a.op_);
     return a;
 }
 
@@ -178,5 +181,16 @@ ucp_context_h CoroutineRdmaManager::ucx_context() const noexcept { return engine
 ucp_worker_h CoroutineRdmaManager::ucx_worker() const noexcept { return engine_->worker(); }
 ucp_ep_h CoroutineRdmaManager::ucx_endpoint() const noexcept { return engine_->primary_endpoint(); }
 WorkerGuard CoroutineRdmaManager::lock_worker() noexcept { return WorkerGuard(engine_.get()); }
+MetricsSnapshot CoroutineRdmaManager::metrics() const noexcept { return engine_->metrics(); }
+
+std::vector<InFlightOp> CoroutineRdmaManager::in_flight() {
+    std::vector<InFlightOp> out;
+    if (!engine_->is_running()) return out;
+    RdmaAwaitable a = make_op(detail::OpKind::INSPECT, &out, 0, 0, 0);
+    (void)sync_wait(std::move(a));
+    return out;
+}
+
+std::string CoroutineRdmaManager::dump_in_flight() { return format_in_flight(in_flight()); }
 
 }  // namespace btsp

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <btsp/detail/operation.hpp>
+#include <btsp/metrics.hpp>
 #include <btsp/options.hpp>
 #include <btsp/task.hpp>
 #include <btsp/types.hpp>
@@ -16,6 +17,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 namespace btsp {
 
@@ -195,6 +197,14 @@ public:
     [[nodiscard]] std::uint16_t listening_port() const noexcept;
     /// Number of live connections (a server may have several; tag_send uses the oldest).
     [[nodiscard]] std::size_t connection_count() const noexcept;
+    /// Everything this manager has recorded by itself: operations by kind and result,
+    /// bytes, sampled latency histograms, connections, what is in flight now.
+    [[nodiscard]] MetricsSnapshot metrics() const noexcept;
+    /// What is in flight right now (kind, tag, size, peer, age), for when something looks
+    /// stuck. Blocks the caller until the progress thread has listed it (microseconds).
+    [[nodiscard]] std::vector<InFlightOp> in_flight();
+    /// in_flight(), formatted one operation per line.
+    [[nodiscard]] std::string dump_in_flight();
     /// Why initialize() last failed (empty if it did not).
     [[nodiscard]] std::string last_error() const;
     [[nodiscard]] const ManagerOptions& options() const noexcept { return options_; }

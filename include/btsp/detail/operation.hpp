@@ -33,7 +33,7 @@ struct TimerNode {
     void* ctx = nullptr;  // what the timer belongs to
 };
 
-enum class OpKind : std::uint8_t { SEND, RECV, CONNECT, LISTEN, DISCONNECT };
+enum class OpKind : std::uint8_t { SEND, RECV, CONNECT, LISTEN, DISCONNECT, INSPECT };
 
 enum OpFlags : std::uint8_t {
     kOpInUcxCall = 1u << 0,    // the UCX call that posts it has not returned yet
@@ -87,6 +87,8 @@ struct Operation : ReadyNode, CancelTarget {
     std::chrono::nanoseconds timeout{0};     // per-operation deadline (0 = none)
     TimerNode deadline_timer;
     std::atomic<std::uint8_t> cancel_request{0};  // RdmaResult asked for by another thread
+    std::int64_t sample_t0 = 0;              // metrics: start time (ns) of a sampled op
+    std::int64_t posted_at_ms = 0;           // coarse time it became pending (in-flight dump)
 
     void fail_now(RdmaResult r, const char* why) noexcept {
         result.result = r;
