@@ -4,6 +4,9 @@
 #include <btsp/batch.hpp>
 #include <btsp/log.hpp>
 #include <btsp/manager.hpp>
+#include <btsp/metrics.hpp>
+#include <btsp/metrics_server.hpp>
+#include <btsp/monitor.hpp>
 #include <btsp/options.hpp>
 #include <btsp/task.hpp>
 #include <btsp/timeout.hpp>
