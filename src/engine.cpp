@@ -122,6 +122,16 @@ bool Engine::create_worker(bool with_shm_eh, std::string& err) noexcept {
         err = std::string("ucp_worker_get_efd: ") + ucs_status_string(st);
         return false;
     }
+    try {
+        context_owner_ = std::shared_ptr<ucp_context>(context_, [](ucp_context* c) { ucp_cleanup(c); });
+    } catch (...) {
+        ucp_worker_destroy(worker_);
+        ucp_cleanup(context_);
+        worker_ = nullptr;
+        context_ = nullptr;
+        err = "out of memory";
+        return false;
+    }
     return true;
 }
 
@@ -168,7 +178,7 @@ bool Engine::initialize(bool server_mode, std::uint16_t port) {
         if (local_address_ != nullptr) ucp_worker_release_address(worker_, local_address_);
         local_address_ = nullptr;
         ucp_worker_destroy(worker_);
-        ucp_cleanup(context_);
+        context_owner_.reset();  // ucp_cleanup
         worker_ = nullptr;
         context_ = nullptr;
     };
@@ -420,7 +430,7 @@ void Engine::teardown() noexcept {
     if (local_address_ != nullptr) ucp_worker_release_address(worker_, local_address_);
     local_address_ = nullptr;
     ucp_worker_destroy(worker_);
-    ucp_cleanup(context_);
+    context_owner_.reset();  // ucp_cleanup, unless memory pools still hold the context
     worker_ = nullptr;
     context_ = nullptr;
     while (Connection* conn = all_head_) {
@@ -919,6 +929,10 @@ void Engine::post_send(Operation* op) noexcept {
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.send = &Engine::send_callback;
     p.user_data = op;
+    if (op->memh != nullptr) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        p.memh = static_cast<ucp_mem_h>(op->memh);
+    }
     ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, &p);
     if (sp == nullptr) {  // done at once (eager), no callback follows
         op->result.result = RdmaResult::SUCCESS;
@@ -953,6 +967,10 @@ void Engine::post_recv(Operation* op) noexcept {
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
     p.cb.recv = &Engine::recv_callback;
     p.user_data = op;
+    if (op->memh != nullptr) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        p.memh = static_cast<ucp_mem_h>(op->memh);
+    }
     ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag,
                                            op->tag_mask, &p);
     if (op->flags & kOpCompleted) return;  // the callback ran inside the call

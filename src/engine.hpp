@@ -104,6 +104,7 @@ public:
     std::uint16_t listening_port() const noexcept { return listen_port_.load(std::memory_order_relaxed); }
     std::size_t connection_count() const noexcept { return live_count_.load(std::memory_order_relaxed); }
     ucp_context_h context() const noexcept { return context_; }
+    std::shared_ptr<ucp_context> shared_context() const { return context_owner_; }
     ucp_worker_h worker() const noexcept { return worker_; }
     ucp_ep_h primary_endpoint() const noexcept { return primary_ep_.load(std::memory_order_acquire); }
     const ManagerOptions& options() const noexcept { return opts_; }
@@ -203,6 +204,7 @@ private:
 
     // UCX resources (progress thread after initialize)
     ucp_context_h context_ = nullptr;
+    std::shared_ptr<ucp_context> context_owner_;  // ucp_cleanup when the last holder lets go
     ucp_worker_h worker_ = nullptr;
     ucp_listener_h listener_ = nullptr;
     int worker_fd_ = -1;

@@ -180,6 +180,7 @@ std::string CoroutineRdmaManager::last_error() const { return engine_->last_erro
 ucp_context_h CoroutineRdmaManager::ucx_context() const noexcept { return engine_->context(); }
 ucp_worker_h CoroutineRdmaManager::ucx_worker() const noexcept { return engine_->worker(); }
 ucp_ep_h CoroutineRdmaManager::ucx_endpoint() const noexcept { return engine_->primary_endpoint(); }
+std::shared_ptr<ucp_context> CoroutineRdmaManager::ucx_context_shared() const { return engine_->shared_context(); }
 WorkerGuard CoroutineRdmaManager::lock_worker() noexcept { return WorkerGuard(engine_.get()); }
 MetricsSnapshot CoroutineRdmaManager::metrics() const noexcept { return engine_->metrics(); }
 

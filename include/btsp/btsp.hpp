@@ -4,6 +4,7 @@
 #include <btsp/batch.hpp>
 #include <btsp/log.hpp>
 #include <btsp/manager.hpp>
+#include <btsp/memory_pool.hpp>
 #include <btsp/metrics.hpp>
 #include <btsp/metrics_server.hpp>
 #include <btsp/monitor.hpp>

@@ -51,6 +51,13 @@ public:
     RdmaAwaitable&& cancel_with(std::stop_token token) && noexcept;
     RdmaAwaitable& cancel_with(std::stop_token token) & noexcept;
 
+    /// Tells UCX the buffer is already registered (e.g. RdmaMemoryPool::memh(ptr)), so it
+    /// does not look the registration up or make one. nullptr = let UCX decide.
+    RdmaAwaitable&& memory(ucp_mem_h memh) && noexcept {
+        op_.memh = memh;
+        return std::move(*this);
+    }
+
     bool await_ready() const noexcept { return (op_.flags & detail::kOpCompleted) != 0; }
     bool await_suspend(std::coroutine_handle<> awaiting) noexcept;
     RdmaOpResult await_resume() noexcept {
@@ -213,6 +220,9 @@ public:
     /// UCX on it only inside this manager's coroutines while holding lock_worker().
     [[nodiscard]] ucp_context_h ucx_context() const noexcept;
     [[nodiscard]] ucp_worker_h ucx_worker() const noexcept;
+    /// The UCX context with shared ownership: it stays valid (for ucp_mem_map/unmap) while
+    /// held, even after shutdown(). nullptr before initialize().
+    [[nodiscard]] std::shared_ptr<ucp_context> ucx_context_shared() const;
     /// Pins the worker to the calling coroutine's thread (see WorkerGuard).
     [[nodiscard]] WorkerGuard lock_worker() noexcept;
     /// Endpoint of the connection tag_send uses, or nullptr.

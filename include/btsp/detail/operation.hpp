@@ -61,6 +61,7 @@ struct Operation : ReadyNode, CancelTarget {
         flags = o.flags;
         port = o.port;
         timeout = o.timeout;
+        memh = o.memh;
         cancel_request.store(o.cancel_request.load(std::memory_order_relaxed), std::memory_order_relaxed);
     }
     /// CancelTarget: asks the engine (from any thread) to end this operation with `result`.
@@ -87,6 +88,7 @@ struct Operation : ReadyNode, CancelTarget {
     std::chrono::nanoseconds timeout{0};     // per-operation deadline (0 = none)
     TimerNode deadline_timer;
     std::atomic<std::uint8_t> cancel_request{0};  // RdmaResult asked for by another thread
+    void* memh = nullptr;                    // ucp_mem_h of pre-registered memory, if any
     std::int64_t sample_t0 = 0;              // metrics: start time (ns) of a sampled op
     std::int64_t posted_at_ms = 0;           // coarse time it became pending (in-flight dump)
 
