@@ -2,6 +2,7 @@
 #pragma once
 
 #include <btsp/batch.hpp>
+#include <btsp/connection_pool.hpp>
 #include <btsp/log.hpp>
 #include <btsp/manager.hpp>
 #include <btsp/memory_pool.hpp>
