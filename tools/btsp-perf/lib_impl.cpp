@@ -1,0 +1,422 @@
+// btsp-perf — the tests on the btsp library (CoroutineRdmaManager + RdmaTask).
+//
+// Every test body is one coroutine started with sync_wait from the main thread. Its
+// first operation is handed to the progress thread; from then on the coroutine runs on
+// the progress thread and every operation is posted to UCX directly (the fast path that
+// users get inside their own coroutines).
+#include "common.hpp"
+
+#include <btsp/btsp.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+namespace perf {
+namespace {
+
+using btsp::CoroutineRdmaManager;
+using btsp::RdmaOpResult;
+using btsp::RdmaResult;
+using btsp::RdmaTask;
+using btsp::sync_wait;
+
+btsp::ManagerOptions make_options(const BackendOptions& o) {
+    btsp::ManagerOptions m = btsp::ManagerOptions::from_env();
+    if (o.mode_given) m.progress_mode = o.mode;
+    if (o.cpu >= 0) m.progress_cpu = o.cpu;
+    return m;
+}
+
+std::string describe(const char* what, const RdmaOpResult& r) {
+    return std::string(what) + ": " + std::string(btsp::to_string(r.result)) + " (" +
+           std::string(r.reason()) + ")";
+}
+
+void grow(std::vector<char>& v, std::size_t n) {
+    if (v.size() < n) v.assign(n, 'x');
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------
+class LibClient final : public ClientBackend {
+public:
+    explicit LibClient(const BackendOptions& o) : opts_(o) {}
+    ~LibClient() override { close(); }
+
+    bool open(const std::string& host, std::uint16_t port, std::string& err) override {
+        if (!connect_manager(m_, host, port, err)) return false;
+        Reply rep;
+        const bool ok = sync_wait(hello(*m_, rep, err));
+        if (!ok) return false;
+        if (rep.a != static_cast<std::uint64_t>(Impl::LIB)) {
+            err = "the server runs the raw-UCP implementation; start it without --raw (or use --raw here)";
+            return false;
+        }
+        return true;
+    }
+
+    bool lat(std::size_t size, std::uint64_t iters, std::vector<double>* samples,
+             std::string& err) override {
+        grow(sbuf_, size);
+        grow(rbuf_, size);
+        if (samples) samples->assign(iters, 0.0);
+        return sync_wait(lat_task(size, iters, samples, err));
+    }
+
+    bool stream(std::size_t size, std::uint64_t iters, unsigned window, double& seconds,
+                std::string& err) override {
+        grow(sbuf_, size);
+        tasks_.clear();
+        tasks_.reserve(window);
+        return sync_wait(stream_task(size, iters, window, seconds, err));
+    }
+
+    bool idle(unsigned ms, double& client_cpu_ns, double& server_cpu_ns, double& wall_ns,
+              std::string& err) override {
+        Cmd c;
+        c.kind = kCmdIdle;
+        c.arg = ms;
+        char ready[8];
+        RdmaOpResult r = sync_wait(m_->tag_send(&c, sizeof c, kTagCmd));
+        if (r) r = sync_wait(m_->tag_recv(ready, sizeof ready, kTagReady));
+        if (!r) {
+            err = describe("idle", r);
+            return false;
+        }
+        const std::uint64_t c0 = process_cpu_ns(), t0 = now_ns();
+        std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+        client_cpu_ns = static_cast<double>(process_cpu_ns() - c0);
+        wall_ns = static_cast<double>(now_ns() - t0);
+        Reply rep;
+        r = sync_wait(m_->tag_recv(&rep, sizeof rep, kTagDone));
+        if (!r) {
+            err = describe("idle reply", r);
+            return false;
+        }
+        server_cpu_ns = static_cast<double>(rep.a);
+        return true;
+    }
+
+    void close() override {
+        if (m_) m_->shutdown();
+        m_.reset();
+    }
+
+    bool conn_once(const std::string& host, std::uint16_t port, double& ns, std::string& err) override {
+        auto m = std::make_unique<CoroutineRdmaManager>(make_options(opts_));
+        if (!m->initialize(false, 0)) {
+            err = "initialize: " + m->last_error();
+            return false;
+        }
+        const std::uint64_t t0 = now_ns();
+        std::uint64_t t1 = 0;
+        const bool ok = sync_wait(conn_task(*m, host, port, t1, err));
+        ns = static_cast<double>(t1 - t0);
+        m->shutdown();
+        return ok;
+    }
+
+    bool quit(const std::string& host, std::uint16_t port, std::string& err) override {
+        if (!m_ && !connect_manager(m_, host, port, err)) return false;
+        Cmd c;
+        c.kind = kCmdQuit;
+        Reply rep;
+        RdmaOpResult r = sync_wait(m_->tag_send(&c, sizeof c, kTagCmd));
+        if (r) r = sync_wait(m_->tag_recv(&rep, sizeof rep, kTagDone));
+        close();
+        if (!r && r.result != RdmaResult::DISCONNECTED) {
+            err = describe("quit", r);
+            return false;
+        }
+        return true;
+    }
+
+private:
+    bool connect_manager(std::unique_ptr<CoroutineRdmaManager>& m, const std::string& host,
+                         std::uint16_t port, std::string& err) {
+        m = std::make_unique<CoroutineRdmaManager>(make_options(opts_));
+        if (!m->initialize(false, 0)) {
+            err = "initialize: " + m->last_error();
+            m.reset();
+            return false;
+        }
+        const auto deadline = std::chrono::steady_clock::now() +
+                              std::chrono::milliseconds(static_cast<long>(opts_.connect_retry_s * 1000));
+        for (;;) {
+            const RdmaOpResult r = sync_wait(m->connect(host, port));
+            if (r) return true;
+            if (r.result != RdmaResult::DISCONNECTED || std::chrono::steady_clock::now() > deadline) {
+                err = describe("connect", r);
+                m.reset();
+                return false;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));  // server not up yet
+        }
+    }
+
+    static RdmaTask<bool> hello(CoroutineRdmaManager& m, Reply& rep, std::string& err) {
+        Cmd c;
+        c.kind = kCmdHello;
+        c.arg = static_cast<std::uint64_t>(Impl::LIB);
+        RdmaOpResult r = co_await m.tag_send(&c, sizeof c, kTagCmd);
+        if (r) r = co_await m.tag_recv(&rep, sizeof rep, kTagDone);
+        if (!r) {
+            err = describe("hello", r);
+            co_return false;
+        }
+        co_return true;
+    }
+
+    RdmaTask<bool> lat_task(std::size_t size, std::uint64_t iters, std::vector<double>* samples,
+                            std::string& err) {
+        CoroutineRdmaManager& m = *m_;
+        Cmd c;
+        c.kind = kCmdLat;
+        c.size = size;
+        c.iters = iters;
+        char ready[8];
+        RdmaOpResult r = co_await m.tag_send(&c, sizeof c, kTagCmd);
+        if (r) r = co_await m.tag_recv(ready, sizeof ready, kTagReady);
+        if (!r) {
+            err = describe("lat setup", r);
+            co_return false;
+        }
+        char* sb = sbuf_.data();
+        char* rb = rbuf_.data();
+        const bool check = size >= sizeof(std::uint64_t);
+        std::uint64_t prev = now_ns();
+        for (std::uint64_t i = 0; i < iters; ++i) {
+            if (check) std::memcpy(sb, &i, sizeof i);
+            r = co_await m.tag_send(sb, size, kTagData);
+            if (!r) break;
+            r = co_await m.tag_recv(rb, size, kTagData);
+            if (!r) break;
+            if (check && (std::memcmp(rb, &i, sizeof i) != 0 || r.bytes_transferred != size)) {
+                err = "lat: the reply does not match the request (iteration " + std::to_string(i) + ")";
+                co_return false;
+            }
+            const std::uint64_t t = now_ns();
+            if (samples) (*samples)[i] = static_cast<double>(t - prev) / 2.0;
+            prev = t;
+        }
+        if (!r) {
+            err = describe("lat", r);
+            co_return false;
+        }
+        co_return true;
+    }
+
+    static RdmaTask<void> sender(CoroutineRdmaManager& m, const void* buf, std::size_t size,
+                                 std::uint64_t& posted, std::uint64_t total, RdmaOpResult& fail) {
+        while (posted < total && fail.success()) {
+            ++posted;
+            const RdmaOpResult r = co_await m.tag_send(buf, size, kTagData);
+            if (!r) fail = r;
+        }
+    }
+
+    RdmaTask<bool> stream_task(std::size_t size, std::uint64_t iters, unsigned window,
+                               double& seconds, std::string& err) {
+        CoroutineRdmaManager& m = *m_;
+        Cmd c;
+        c.kind = kCmdStream;
+        c.size = size;
+        c.iters = iters;
+        c.window = window;
+        char ready[8];
+        RdmaOpResult r = co_await m.tag_send(&c, sizeof c, kTagCmd);
+        if (r) r = co_await m.tag_recv(ready, sizeof ready, kTagReady);
+        if (!r) {
+            err = describe("stream setup", r);
+            co_return false;
+        }
+        RdmaOpResult fail;
+        fail.result = RdmaResult::SUCCESS;
+        std::uint64_t posted = 0;
+        const std::uint64_t t0 = now_ns();
+        for (unsigned i = 0; i < window; ++i)
+            tasks_.push_back(sender(m, sbuf_.data(), size, posted, iters, fail));
+        for (auto& t : tasks_) co_await t;
+        Reply done;
+        if (fail) r = co_await m.tag_recv(&done, sizeof done, kTagDone);
+        seconds = static_cast<double>(now_ns() - t0) * 1e-9;
+        tasks_.clear();
+        if (!fail || !r) {
+            err = describe("stream", fail ? r : fail);
+            co_return false;
+        }
+        co_return true;
+    }
+
+    static RdmaTask<bool> conn_task(CoroutineRdmaManager& m, const std::string& host,
+                                    std::uint16_t port, std::uint64_t& t1, std::string& err) {
+        RdmaOpResult r = co_await m.connect(host, port);
+        if (!r) {
+            t1 = now_ns();
+            err = describe("connect", r);
+            co_return false;
+        }
+        Cmd c;
+        c.kind = kCmdConnPing;
+        char pong[8];
+        r = co_await m.tag_send(&c, sizeof c, kTagCmd);
+        if (r) r = co_await m.tag_recv(pong, sizeof pong, kTagPong);
+        t1 = now_ns();
+        if (!r) {
+            err = describe("conn ping", r);
+            co_return false;
+        }
+        co_return true;
+    }
+
+    BackendOptions opts_;
+    std::unique_ptr<CoroutineRdmaManager> m_;
+    std::vector<char> sbuf_, rbuf_;
+    std::vector<RdmaTask<void>> tasks_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------
+class LibServer {
+public:
+    explicit LibServer(CoroutineRdmaManager& m) : m_(m) {}
+
+    RdmaTask<bool> lat(const Cmd c) {
+        grow(sbuf_, c.size);
+        grow(rbuf_, c.size);
+        char ready[8] = {};
+        RdmaOpResult r = co_await m_.tag_send(ready, sizeof ready, kTagReady);
+        void* rb = rbuf_.data();
+        for (std::uint64_t i = 0; r && i < c.iters; ++i) {
+            r = co_await m_.tag_recv(rb, c.size, kTagData);
+            if (r) r = co_await m_.tag_send(rb, c.size, kTagData);  // echo what arrived
+        }
+        if (!r) std::fprintf(stderr, "btsp-perf server: lat: %s\n", describe("op", r).c_str());
+        co_return r.success();
+    }
+
+    static RdmaTask<void> receiver(CoroutineRdmaManager& m, void* buf, std::size_t size,
+                                   std::uint64_t& posted, std::uint64_t total, RdmaOpResult& fail) {
+        while (posted < total && fail.success()) {
+            ++posted;
+            const RdmaOpResult r = co_await m.tag_recv(buf, size, kTagData);
+            if (!r) fail = r;
+        }
+    }
+
+    RdmaTask<bool> stream(const Cmd c) {
+        grow(rbuf_, c.size);
+        tasks_.clear();
+        tasks_.reserve(c.window);
+        char ready[8] = {};
+        RdmaOpResult r = co_await m_.tag_send(ready, sizeof ready, kTagReady);
+        if (!r) co_return false;
+        RdmaOpResult fail;
+        fail.result = RdmaResult::SUCCESS;
+        std::uint64_t posted = 0;
+        for (std::uint32_t i = 0; i < std::max<std::uint32_t>(c.window, 1); ++i)
+            tasks_.push_back(receiver(m_, rbuf_.data(), c.size, posted, c.iters, fail));
+        for (auto& t : tasks_) co_await t;
+        tasks_.clear();
+        if (!fail) {
+            std::fprintf(stderr, "btsp-perf server: stream: %s\n", describe("recv", fail).c_str());
+            co_return false;
+        }
+        Reply done;
+        r = co_await m_.tag_send(&done, sizeof done, kTagDone);
+        co_return r.success();
+    }
+
+private:
+    CoroutineRdmaManager& m_;
+    std::vector<char> sbuf_, rbuf_;
+    std::vector<RdmaTask<void>> tasks_;
+};
+
+}  // namespace
+
+std::unique_ptr<ClientBackend> make_lib_client(const BackendOptions& o) {
+    return std::make_unique<LibClient>(o);
+}
+
+int run_lib_server(const BackendOptions& o, std::uint16_t port, int port_fd) {
+    pin_to_cpu(o.cpu);
+    CoroutineRdmaManager m(make_options(o));
+    if (!m.initialize(true, port)) {
+        std::fprintf(stderr, "btsp-perf server: initialize failed: %s\n", m.last_error().c_str());
+        if (port_fd >= 0) report_port(port_fd, 0);
+        return 2;
+    }
+    if (port_fd >= 0) {
+        report_port(port_fd, m.listening_port());
+    } else {
+        std::fprintf(stderr, "btsp-perf server (btsp, %s mode): listening on port %u\n",
+                     btsp::to_string(m.options().progress_mode).data(), m.listening_port());
+    }
+    LibServer server(m);
+    for (;;) {
+        if (!sync_wait(m.wait_for_connection())) return 3;
+        Cmd c;
+        const RdmaOpResult r = sync_wait(m.tag_recv(&c, sizeof c, kTagCmd));
+        if (!r) {
+            // The connection went away (a connection-setup client leaving): wait for the next.
+            if (r.result == RdmaResult::DISCONNECTED && m.is_running()) continue;
+            std::fprintf(stderr, "btsp-perf server: %s\n", describe("command", r).c_str());
+            return 3;
+        }
+        switch (c.kind) {
+            case kCmdHello: {
+                Reply rep;
+                rep.a = static_cast<std::uint64_t>(Impl::LIB);
+                (void)sync_wait(m.tag_send(&rep, sizeof rep, kTagDone));
+                break;
+            }
+            case kCmdLat:
+                (void)sync_wait(server.lat(c));
+                break;
+            case kCmdStream:
+                (void)sync_wait(server.stream(c));
+                break;
+            case kCmdConnPing: {
+                // tag_send goes to the oldest live connection: wait until the previous
+                // client's connection is gone so the pong reaches the one that pinged.
+                const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+                while (m.connection_count() > 1 && std::chrono::steady_clock::now() < deadline)
+                    std::this_thread::sleep_for(std::chrono::microseconds(20));
+                char pong[8] = {};
+                (void)sync_wait(m.tag_send(pong, sizeof pong, kTagPong));
+                break;
+            }
+            case kCmdIdle: {
+                char ready[8] = {};
+                (void)sync_wait(m.tag_send(ready, sizeof ready, kTagReady));
+                const std::uint64_t c0 = process_cpu_ns(), t0 = now_ns();
+                std::this_thread::sleep_for(std::chrono::milliseconds(c.arg));
+                Reply rep;
+                rep.a = process_cpu_ns() - c0;
+                rep.b = now_ns() - t0;
+                (void)sync_wait(m.tag_send(&rep, sizeof rep, kTagDone));
+                break;
+            }
+            case kCmdQuit: {
+                Reply rep;
+                (void)sync_wait(m.tag_send(&rep, sizeof rep, kTagDone));
+                // Let the client receive the reply and close first (a clean close on both sides).
+                const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+                while (m.connection_count() > 0 && std::chrono::steady_clock::now() < deadline)
+                    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                m.shutdown();
+                return 0;
+            }
+            default:
+                std::fprintf(stderr, "btsp-perf server: unknown command %u\n", c.kind);
+                return 3;
+        }
+    }
+}
+
+}  // namespace perf
