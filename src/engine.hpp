@@ -267,7 +267,10 @@ private:
     std::atomic<int> blocked_threads_{0};
     bool torn_down_ = false;
     std::chrono::steady_clock::time_point last_activity_{};
+    std::chrono::steady_clock::time_point coarse_now_ = std::chrono::steady_clock::now();
     std::uint32_t idle_iterations_ = 0;
+    std::uint32_t timer_check_ = 0;
+    bool woke_up_ = false;
 
     // state waiters
     std::mutex waiters_mutex_;
