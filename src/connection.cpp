@@ -453,6 +453,13 @@ void Engine::become_open(Connection* conn) noexcept {
     // its tcp interface active adds a syscall to every progress call. The server closes
     // it; the client sees the reset and closes its side (on_endpoint_error).
     if (conn->ep_fast != nullptr) {
+        try {  // PING and BYE are encoded now, so that sending them never allocates
+            encode_ctrl(CtrlType::PING, conn->token, nullptr, 0, conn->ping_out);
+            encode_ctrl(CtrlType::BYE, conn->token, nullptr, 0, conn->bye_out);
+        } catch (...) {
+            conn->ping_out.clear();
+            conn->bye_out.clear();
+        }
         post_ctrl_recv(bye_recv_);
         if (opts_.heartbeat_interval.count() > 0) {
             conn->last_heard = Clock::now();
@@ -712,10 +719,13 @@ void Engine::send_bye(Connection* conn) noexcept {
 
 bool Engine::send_ctrl_on(Connection* conn, ucp_ep_h ep, CtrlType type, std::vector<std::uint8_t>& buf,
                           bool* pending_flag) noexcept {
-    try {
-        if (!encode_ctrl(type, conn->token, nullptr, 0, buf)) return false;
-    } catch (...) {
-        return false;
+    // Encoded once per connection (the token does not change): a heartbeat allocates nothing.
+    if (buf.empty()) {
+        try {
+            if (!encode_ctrl(type, conn->token, nullptr, 0, buf)) return false;
+        } catch (...) {
+            return false;
+        }
     }
     ucp_request_param_t p;
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;

@@ -13,11 +13,13 @@
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <bit>
 #include <cerrno>
 #include <ctime>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -506,17 +508,40 @@ void Engine::watchdog_thread_main(std::shared_ptr<Engine> self, std::uint64_t) {
 // owner has been inside the same piece of user code since the last sample, it takes the
 // worker over (the CAS succeeds only while the owner is in user code, never while it is
 // inside UCX) and becomes the progress thread itself.
+namespace {
+// Kernel scheduling state of a thread of this process ('R' running/runnable, 'S' sleeping,
+// 'D' in uninterruptible wait, ...); '?' if unknown.
+char thread_state(int tid) noexcept {
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+    std::FILE* f = std::fopen(path, "re");
+    if (f == nullptr) return '?';
+    char buf[512];
+    const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    const char* paren = std::strrchr(buf, ')');  // the name may contain spaces
+    return paren != nullptr && paren[1] == ' ' ? paren[2] : '?';
+}
+}  // namespace
+
 bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
     std::uint64_t last_ctl = ~std::uint64_t{0};
     std::uint64_t last_resumes = ~std::uint64_t{0};
+    int stale_periods = 0;
     std::unique_lock<std::mutex> lock(threads_mutex_);
     while (!watchdog_stop_) {
         watchdog_cv_.wait_for(lock, opts_.handoff_threshold);
         if (watchdog_stop_) break;
         std::uint64_t s = ctl_.load(std::memory_order_acquire);
-        const std::uint64_t resumes = resume_count_.load(std::memory_order_relaxed);
-        if ((s & 3) == kUser && s == last_ctl && resumes == last_resumes &&
-            blocked_threads_.load(std::memory_order_relaxed) < kMaxBlockedThreads) {
+        const std::uint64_t resumes = resume_count_.load(std::memory_order_relaxed) +
+                                      lib_calls_.load(std::memory_order_relaxed);
+        const bool stale = (s & 3) == kUser && s == last_ctl && resumes == last_resumes;
+        stale_periods = stale ? stale_periods + 1 : 0;
+        // Blocked (sleeping, waiting on a lock or I/O): take over after one period. Running
+        // (CPU-bound user code, or just preempted on a busy machine): only after four.
+        const bool blocked = stale && (stale_periods >= 4 || thread_state(owner_tid_.load(std::memory_order_relaxed)) != 'R');
+        if (blocked && blocked_threads_.load(std::memory_order_relaxed) < kMaxBlockedThreads) {
             const std::uint64_t gen = (s >> 2) + 1;
             if (ctl_.compare_exchange_strong(s, ctl(gen, kLoop), std::memory_order_acq_rel)) {
                 // The blocked thread leaves the live count now; it retires on its own
@@ -563,6 +588,7 @@ bool Engine::run_ready(ThreadCtx* ctx) noexcept {
 
 bool Engine::owner_loop(ThreadCtx* ctx) noexcept {
     tls_ctx = ctx;
+    owner_tid_.store(static_cast<int>(::syscall(SYS_gettid)), std::memory_order_relaxed);
     for (;;) {
         bool active = false;
         if (!torn_down_) {
@@ -776,6 +802,9 @@ bool Engine::start(Operation* op) noexcept {
         if (ctl_.compare_exchange_strong(expect, ctl(c->gen, kLib), std::memory_order_acquire,
                                          std::memory_order_relaxed)) {
             post(op);
+            // Activity for the watchdog: a coroutine that keeps starting operations is busy,
+            // not blocked, and is not handed off.
+            lib_calls_.store(lib_calls_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
             ctl_.store(ctl(c->gen, kUser), std::memory_order_release);
             return (op->flags & kOpCompleted) == 0;
         }

@@ -235,6 +235,8 @@ private:
     // ownership of the worker (see docs/architecture.md, "progress hand-off")
     std::atomic<std::uint64_t> ctl_{0};
     std::atomic<std::uint64_t> resume_count_{0};
+    std::atomic<std::uint64_t> lib_calls_{0};
+    std::atomic<int> owner_tid_{0};  // kernel tid of the owning thread (for the watchdog)  // operations started from user code (owner only)
 
     // cross-thread submission (Treiber stack, drained whole) and wake-up
     std::atomic<Operation*> submit_head_{nullptr};
