@@ -787,11 +787,19 @@ void Engine::on_connection_error(Connection* conn, ucs_status_t status) noexcept
     if (conn->phase == ConnPhase::FAILED || conn->phase == ConnPhase::CLOSING ||
         conn->phase == ConnPhase::CLOSED)
         return;
+    disarm_timer(&conn->connect_timer);
+    disarm_timer(&conn->grace_timer);
+    if (!conn->is_client && conn->phase == ConnPhase::HANDSHAKE) {
+        // The client may already have sent data and left before our side of the handshake
+        // finished (a plain client does not even wait for it). Report the connection as
+        // opened and then lost: waiters wake, and what arrived can still be received.
+        add_live(conn);
+        BTSP_LOG_INFO("accepted connection from %s (it closed during the handshake)", conn->peer.c_str());
+        set_base_state(RdmaState::CONNECTED);
+    }
     const bool was_open = conn->phase == ConnPhase::OPEN;
     conn->phase = ConnPhase::FAILED;
     conn->error = status;
-    disarm_timer(&conn->connect_timer);
-    disarm_timer(&conn->grace_timer);
     if (was_open) {
         remove_live(conn);
         if (status != UCS_ERR_CANCELED) bump(conns_lost_);

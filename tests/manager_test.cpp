@@ -1,0 +1,1247 @@
+// In-process tests of CoroutineRdmaManager over loopback: two managers (server and client)
+// in one process. Each test pins a rule of docs/semantics.md.
+#include "test_util.hpp"
+
+#include <btsp/btsp.hpp>
+
+#include <gtest/gtest.h>
+
+#include <ucs/type/status.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace btsp_test;
+using btsp::CoroutineRdmaManager;
+using btsp::ManagerOptions;
+using btsp::ProgressMode;
+using btsp::RdmaOpResult;
+using btsp::RdmaResult;
+using btsp::RdmaState;
+using btsp::RdmaTask;
+
+constexpr auto kOpLimit = 10s;  // generous upper bound for one operation on loopback
+
+// ---- fixture ------------------------------------------------------------------------------
+
+/// Owns buffers (declared first, so they outlive the managers and any late completion),
+/// a server and a client manager.
+class ManagerTest : public ::testing::Test {
+protected:
+    void TearDown() override {
+        // Shut the managers down while buffers and pending coroutines' targets still exist.
+        for (auto& m : extra_) m.reset();
+        client_.reset();
+        server_.reset();
+    }
+
+    std::uint8_t* buffer(std::size_t n, std::uint8_t fill = 0) {
+        buffers_.emplace_back(n, fill);
+        return buffers_.back().data();
+    }
+    std::vector<std::uint8_t>& buffer_vec(std::vector<std::uint8_t> v) {
+        buffers_.push_back(std::move(v));
+        return buffers_.back();
+    }
+
+    void make_server(ManagerOptions o = test_options()) {
+        server_ = std::make_unique<CoroutineRdmaManager>(std::move(o));
+        ASSERT_TRUE(server_->initialize(true, 0)) << server_->last_error();
+        port_ = server_->listening_port();
+        ASSERT_NE(port_, 0);
+    }
+    void make_client(ManagerOptions o = test_options()) {
+        client_ = std::make_unique<CoroutineRdmaManager>(std::move(o));
+        ASSERT_TRUE(client_->initialize(false, 0)) << client_->last_error();
+    }
+    /// Server + client, connected; both sides see the connection.
+    void connect_pair(ManagerOptions o = test_options()) {
+        ASSERT_NO_FATAL_FAILURE(make_server(o));
+        ASSERT_NO_FATAL_FAILURE(make_client(o));
+        auto accepted = start(server_->wait_for_connection());
+        const auto r = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
+        ASSERT_TRUE(r.has_value()) << "connect did not complete";
+        ASSERT_EQ(r->result, RdmaResult::SUCCESS) << *r;
+        const auto ok = accepted->wait_for(kOpLimit);
+        ASSERT_TRUE(ok.has_value()) << "server never saw the connection";
+        ASSERT_TRUE(*ok);
+    }
+
+    std::deque<std::vector<std::uint8_t>> buffers_;
+    std::unique_ptr<CoroutineRdmaManager> server_;
+    std::unique_ptr<CoroutineRdmaManager> client_;
+    std::vector<std::unique_ptr<CoroutineRdmaManager>> extra_;
+    std::uint16_t port_ = 0;
+};
+
+/// Receives on `in_tag` and sends the same bytes back on `out_tag` until an op fails.
+RdmaTask<void> echo_loop(CoroutineRdmaManager& m, std::uint8_t* buf, std::size_t cap,
+                         std::uint64_t in_tag, std::uint64_t out_tag, std::atomic<int>* echoed) {
+    for (;;) {
+        const RdmaOpResult r = co_await m.tag_recv(buf, cap, in_tag);
+        if (!r) co_return;
+        const RdmaOpResult s = co_await m.tag_send(buf, r.bytes_transferred, out_tag);
+        if (!s) co_return;
+        if (echoed) ++*echoed;
+    }
+}
+
+/// `rounds` round trips of `size` bytes against echo_loop; "" on success, else what broke.
+RdmaTask<std::string> ping_pong(CoroutineRdmaManager& m, std::size_t size, int rounds,
+                                std::uint64_t out_tag, std::uint64_t in_tag) {
+    std::vector<std::uint8_t> in(size);
+    for (int i = 0; i < rounds; ++i) {
+        auto out = pattern(size, static_cast<std::uint32_t>(i));
+        const RdmaOpResult s = co_await m.tag_send(out.data(), out.size(), out_tag);
+        if (!s) co_return "send " + std::to_string(i) + ": " + std::string(s.reason());
+        const RdmaOpResult r = co_await m.tag_recv(in.data(), in.size(), in_tag);
+        if (!r) co_return "recv " + std::to_string(i) + ": " + std::string(r.reason());
+        if (r.bytes_transferred != size) co_return "recv " + std::to_string(i) + ": wrong length";
+        if (r.sender_tag != in_tag) co_return "recv " + std::to_string(i) + ": wrong tag";
+        if (in != out) co_return "recv " + std::to_string(i) + ": wrong data";
+    }
+    co_return std::string();
+}
+
+// ============================================================================================
+// States and lifecycle
+// ============================================================================================
+
+TEST_F(ManagerTest, NewManagerIsIdleAndNotRunning) {
+    CoroutineRdmaManager m(test_options());
+    EXPECT_EQ(m.get_state(), RdmaState::IDLE);
+    EXPECT_FALSE(m.is_running());
+    EXPECT_FALSE(m.is_connected());
+    EXPECT_EQ(m.listening_port(), 0);
+    EXPECT_EQ(m.connection_count(), 0u);
+    EXPECT_TRUE(m.last_error().empty());
+    EXPECT_EQ(m.ucx_endpoint(), nullptr);
+}
+
+TEST_F(ManagerTest, DefaultConstructedManagerUsesOptionsFromEnvironment) {
+    CoroutineRdmaManager m;
+    const auto env = ManagerOptions::from_env();
+    EXPECT_EQ(m.options().progress_mode, env.progress_mode);
+    EXPECT_EQ(m.options().connect_timeout, env.connect_timeout);
+}
+
+TEST_F(ManagerTest, ServerInitializeListensOnEphemeralPort) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    EXPECT_EQ(server_->get_state(), RdmaState::LISTENING);
+    EXPECT_TRUE(server_->is_running());
+    EXPECT_FALSE(server_->is_connected());
+    EXPECT_NE(server_->listening_port(), 0);
+    EXPECT_TRUE(server_->last_error().empty());
+    EXPECT_NE(server_->ucx_context(), nullptr);
+    EXPECT_NE(server_->ucx_worker(), nullptr);
+}
+
+TEST_F(ManagerTest, ClientInitializeIsIdleAndRunning) {
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    EXPECT_EQ(client_->get_state(), RdmaState::IDLE);
+    EXPECT_TRUE(client_->is_running());
+    EXPECT_FALSE(client_->is_connected());
+    EXPECT_EQ(client_->listening_port(), 0);
+}
+
+TEST_F(ManagerTest, ConnectMakesBothSidesConnected) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    EXPECT_EQ(client_->get_state(), RdmaState::CONNECTED);
+    EXPECT_TRUE(client_->is_connected());
+    EXPECT_EQ(client_->connection_count(), 1u);
+    EXPECT_NE(client_->ucx_endpoint(), nullptr);
+    ASSERT_TRUE(wait_until([&] { return server_->get_state() == RdmaState::CONNECTED; }, 5s))
+        << server_->get_state();
+    EXPECT_TRUE(server_->is_connected());
+    EXPECT_EQ(server_->connection_count(), 1u);
+    EXPECT_NE(server_->ucx_endpoint(), nullptr);
+}
+
+TEST_F(ManagerTest, ConnectResultReportsSuccessWithoutBytes) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    const auto r = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_TRUE(r->success()) << *r;
+    EXPECT_TRUE(static_cast<bool>(*r));
+    EXPECT_EQ(r->reason(), "success");
+}
+
+TEST_F(ManagerTest, WaitForConnectionResumesWhenClientConnectsLater) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    auto waiter = start(server_->wait_for_connection());
+    auto state_waiter = start(server_->wait_for_state(RdmaState::CONNECTED));
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(waiter->ready()) << "no client yet";
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    const auto r = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
+    ASSERT_TRUE(r.has_value() && r->success());
+    const auto w = waiter->wait_for(kOpLimit);
+    ASSERT_TRUE(w.has_value()) << "wait_for_connection never resumed";
+    EXPECT_TRUE(*w);
+    const auto sw = state_waiter->wait_for(kOpLimit);
+    ASSERT_TRUE(sw.has_value());
+    EXPECT_TRUE(*sw);
+}
+
+TEST_F(ManagerTest, WaitForConnectionWhenAlreadyConnectedCompletesAtOnce) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto w = start(client_->wait_for_connection());
+    EXPECT_TRUE(w->completed_at_once());
+    const auto v = w->wait_for(kOpLimit);
+    ASSERT_TRUE(v.has_value());
+    EXPECT_TRUE(*v);
+}
+
+TEST_F(ManagerTest, WaitForStateBeforeInitializeReturnsFalse) {
+    CoroutineRdmaManager m(test_options());
+    const auto v = await_within(m.wait_for_connection(), 2s);
+    ASSERT_TRUE(v.has_value()) << "a waiter on an uninitialised manager must not hang";
+    EXPECT_FALSE(*v);
+}
+
+TEST_F(ManagerTest, StateWaiterResumesFalseOnShutdown) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    auto waiter = start(server_->wait_for_connection());
+    std::this_thread::sleep_for(20ms);
+    ASSERT_FALSE(waiter->ready());
+    server_->shutdown();
+    const auto v = waiter->wait_for(2s);
+    ASSERT_TRUE(v.has_value()) << "shutdown must wake every state waiter";
+    EXPECT_FALSE(*v);
+}
+
+TEST_F(ManagerTest, PendingRecvMakesStateReceiving) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* buf = buffer(64);
+    auto recv = start(client_->tag_recv(buf, 64, 77));
+    ASSERT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::RECEIVING; }, 5s))
+        << "state is " << client_->get_state();
+    EXPECT_TRUE(client_->is_connected()) << "RECEIVING counts as connected";
+    // wait_for_state(CONNECTED) is satisfied by RECEIVING.
+    const auto w = await_within(client_->wait_for_state(RdmaState::CONNECTED), 2s);
+    ASSERT_TRUE(w.has_value());
+    EXPECT_TRUE(*w);
+    const auto w2 = await_within(client_->wait_for_state(RdmaState::RECEIVING), 2s);
+    ASSERT_TRUE(w2.has_value());
+    EXPECT_TRUE(*w2);
+
+    std::uint8_t* msg = buffer(8, 0x5a);
+    const auto s = await_within(server_->tag_send(msg, 8, 77), kOpLimit);
+    ASSERT_TRUE(s.has_value() && s->success());
+    const auto r = recv->wait_for(kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_TRUE(r->success()) << *r;
+    EXPECT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::CONNECTED; }, 5s))
+        << "state is " << client_->get_state();
+}
+
+TEST_F(ManagerTest, PendingRendezvousSendMakesStateSending) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    constexpr std::size_t kSize = 4u << 20;
+    auto& data = buffer_vec(pattern(kSize, 1));
+    auto send = start(client_->tag_send(data.data(), data.size(), 5));
+    ASSERT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::SENDING; }, 5s))
+        << "state is " << client_->get_state();
+    EXPECT_TRUE(client_->is_connected());
+    EXPECT_FALSE(send->ready()) << "a rendezvous send completes only once the peer receives";
+
+    // A pending receive does not change SENDING into RECEIVING.
+    std::uint8_t* small = buffer(16);
+    auto recv = start(client_->tag_recv(small, 16, 6));
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(client_->get_state(), RdmaState::SENDING);
+
+    std::uint8_t* in = buffer(kSize);
+    const auto r = await_within(server_->tag_recv(in, kSize, 5), kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->success()) << *r;
+    EXPECT_EQ(r->bytes_transferred, kSize);
+    EXPECT_EQ(checksum(in, kSize), checksum(data.data(), kSize));
+    const auto s = send->wait_for(kOpLimit);
+    ASSERT_TRUE(s.has_value());
+    EXPECT_TRUE(s->success()) << *s;
+    EXPECT_EQ(s->bytes_transferred, kSize);
+    EXPECT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::RECEIVING; }, 5s))
+        << "with the send done and a recv pending: " << client_->get_state();
+
+    std::uint8_t* one = buffer(1, 1);
+    ASSERT_TRUE(await_within(server_->tag_send(one, 1, 6), kOpLimit).value_or(RdmaOpResult{}));
+    ASSERT_TRUE(recv->wait_for(kOpLimit).value_or(RdmaOpResult{}));
+    EXPECT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::CONNECTED; }, 5s))
+        << client_->get_state();
+}
+
+TEST_F(ManagerTest, StateChangesAreLoggedAtInfo) {
+    std::mutex mu;
+    std::vector<std::string> lines;
+    const auto saved = btsp::log_level();
+    btsp::set_log_sink([&](btsp::LogLevel level, std::string_view msg) {
+        if (level != btsp::LogLevel::INFO) return;
+        std::lock_guard<std::mutex> lock(mu);
+        lines.emplace_back(msg);
+    });
+    btsp::set_log_level(btsp::LogLevel::INFO);
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    client_->shutdown();
+    btsp::set_log_level(saved);
+    btsp::set_log_sink({});
+    std::lock_guard<std::mutex> lock(mu);
+    const bool found = std::any_of(lines.begin(), lines.end(), [](const std::string& l) {
+        return l.find("State changed from IDLE to SHUTDOWN") != std::string::npos;
+    });
+    EXPECT_TRUE(found) << "expected 'State changed from IDLE to SHUTDOWN' among "
+                       << lines.size() << " INFO lines";
+}
+
+TEST_F(ManagerTest, InitializeOnBusyPortFailsWithError) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    const auto saved = btsp::log_level();
+    btsp::set_log_level(btsp::LogLevel::OFF);  // the failure is expected
+    CoroutineRdmaManager second(test_options());
+    const bool ok = second.initialize(true, port_);
+    btsp::set_log_level(saved);
+    EXPECT_FALSE(ok);
+    EXPECT_FALSE(second.last_error().empty());
+    EXPECT_EQ(second.get_state(), RdmaState::ERROR);
+    EXPECT_FALSE(second.is_running());
+    // The unusable manager fails operations instead of hanging.
+    std::uint8_t* buf = buffer(8);
+    const auto r = await_within(second.tag_send(buf, 8, 1), 2s);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_FALSE(r->success());
+    // The first server is unaffected.
+    EXPECT_EQ(server_->get_state(), RdmaState::LISTENING);
+}
+
+TEST_F(ManagerTest, DoubleInitializeReturnsFalseAndKeepsState) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    EXPECT_FALSE(server_->initialize(true, 0));
+    EXPECT_FALSE(server_->initialize(false, 0));
+    EXPECT_EQ(server_->get_state(), RdmaState::LISTENING);
+    EXPECT_TRUE(server_->is_running());
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    const auto r = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_TRUE(r->success()) << "the server still works after the refused re-initialize";
+}
+
+TEST_F(ManagerTest, InitializeAfterShutdownReturnsFalse) {
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    client_->shutdown();
+    EXPECT_FALSE(client_->initialize(false, 0));
+    EXPECT_EQ(client_->get_state(), RdmaState::SHUTDOWN);
+    EXPECT_FALSE(client_->is_running());
+}
+
+TEST_F(ManagerTest, ShutdownIsIdempotent) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    client_->shutdown();
+    EXPECT_EQ(client_->get_state(), RdmaState::SHUTDOWN);
+    EXPECT_FALSE(client_->is_running());
+    EXPECT_FALSE(client_->is_connected());
+    client_->shutdown();
+    EXPECT_EQ(client_->get_state(), RdmaState::SHUTDOWN);
+    CoroutineRdmaManager never_initialized(test_options());
+    never_initialized.shutdown();
+    never_initialized.shutdown();
+    EXPECT_FALSE(never_initialized.is_running());
+}
+
+TEST_F(ManagerTest, ShutdownFromTwoThreadsAtOnce) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::thread a([&] { client_->shutdown(); });
+    std::thread b([&] { client_->shutdown(); });
+    a.join();
+    b.join();
+    EXPECT_EQ(client_->get_state(), RdmaState::SHUTDOWN);
+}
+
+// ============================================================================================
+// Operations in the wrong state / bad arguments
+// ============================================================================================
+
+TEST_F(ManagerTest, OpsBeforeInitializeFailAtOnce) {
+    CoroutineRdmaManager m(test_options());
+    std::uint8_t* buf = buffer(16);
+    auto s = start(m.tag_send(buf, 16, 1));
+    auto r = start(m.tag_recv(buf, 16, 1));
+    auto rm = start(m.tag_recv(buf, 16, 1, 0xff));
+    for (auto* p : {s.get(), r.get(), rm.get()}) {
+        EXPECT_TRUE(p->completed_at_once());
+        const auto v = p->wait_for(1s);
+        ASSERT_TRUE(v.has_value());
+        EXPECT_EQ(v->result, RdmaResult::FAILURE) << *v;
+        EXPECT_EQ(v->reason(), "manager not initialized");
+        EXPECT_EQ(p->resumed_on(), std::this_thread::get_id()) << "no suspension, same thread";
+    }
+}
+
+TEST_F(ManagerTest, OpsWithoutConnectionAreDisconnected) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    std::uint8_t* buf = buffer(16);
+    for (CoroutineRdmaManager* m : {client_.get(), server_.get()}) {
+        auto s = start(m->tag_send(buf, 16, 1));
+        auto r = start(m->tag_recv(buf, 16, 1));
+        for (auto* p : {s.get(), r.get()}) {
+            const auto v = p->wait_for(1s);
+            ASSERT_TRUE(v.has_value());
+            EXPECT_EQ(v->result, RdmaResult::DISCONNECTED) << *v;
+            EXPECT_EQ(v->reason(), "not connected");
+        }
+    }
+}
+
+TEST_F(ManagerTest, OpsWithoutConnectionCompleteWithoutSuspending) {
+    // docs/semantics.md: "tag_send/tag_recv without a live connection: DISCONNECTED, at once".
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    std::uint8_t* buf = buffer(16);
+    auto s = start(client_->tag_send(buf, 16, 1));
+    auto r = start(client_->tag_recv(buf, 16, 1));
+    for (auto* p : {s.get(), r.get()}) {
+        ASSERT_TRUE(p->wait_for(1s).has_value());
+        EXPECT_TRUE(p->completed_at_once()) << "completed later, on another thread";
+        EXPECT_EQ(p->resumed_on(), std::this_thread::get_id());
+    }
+}
+
+TEST_F(ManagerTest, OpsAfterShutdownAreDisconnectedAtOnce) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    client_->shutdown();
+    std::uint8_t* buf = buffer(16);
+    auto s = start(client_->tag_send(buf, 16, 1));
+    auto r = start(client_->tag_recv(buf, 16, 1));
+    auto c = start(client_->connect("127.0.0.1", port_));
+    auto l = start(client_->listen(0));
+    for (auto* p : {s.get(), r.get(), c.get(), l.get()}) {
+        const auto v = p->wait_for(1s);
+        ASSERT_TRUE(v.has_value());
+        EXPECT_TRUE(p->completed_at_once());
+        EXPECT_EQ(v->result, RdmaResult::DISCONNECTED) << *v;
+        EXPECT_EQ(v->reason(), "manager shut down");
+    }
+    const auto w = await_within(client_->wait_for_connection(), 1s);
+    ASSERT_TRUE(w.has_value());
+    EXPECT_FALSE(*w);
+}
+
+TEST_F(ManagerTest, NullBufferWithSizeFails) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto s = start(client_->tag_send(nullptr, 16, 1));
+    auto r = start(client_->tag_recv(nullptr, 16, 1));
+    for (auto* p : {s.get(), r.get()}) {
+        const auto v = p->wait_for(1s);
+        ASSERT_TRUE(v.has_value());
+        EXPECT_TRUE(p->completed_at_once());
+        EXPECT_EQ(v->result, RdmaResult::FAILURE) << *v;
+        EXPECT_EQ(v->reason(), "null buffer");
+    }
+    // The connection is still fine.
+    EXPECT_TRUE(client_->is_connected());
+}
+
+TEST_F(ManagerTest, ZeroLengthMessageIsDelivered) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* buf = buffer(8, 0xee);
+    auto recv = start(server_->tag_recv(buf, 8, 9));
+    const auto s = await_within(client_->tag_send(nullptr, 0, 9), kOpLimit);
+    ASSERT_TRUE(s.has_value());
+    EXPECT_TRUE(s->success()) << *s;
+    EXPECT_EQ(s->bytes_transferred, 0u);
+    const auto r = recv->wait_for(kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_TRUE(r->success()) << *r;
+    EXPECT_EQ(r->bytes_transferred, 0u);
+    EXPECT_EQ(r->sender_tag, 9u);
+    EXPECT_EQ(buf[0], 0xee) << "nothing written";
+}
+
+TEST_F(ManagerTest, ConnectArgumentErrorsFailAtOnce) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    auto empty = start(client_->connect("", port_));
+    auto zero = start(client_->connect("127.0.0.1", 0));
+    for (auto* p : {empty.get(), zero.get()}) {
+        const auto v = p->wait_for(1s);
+        ASSERT_TRUE(v.has_value());
+        EXPECT_TRUE(p->completed_at_once());
+        EXPECT_EQ(v->result, RdmaResult::FAILURE) << *v;
+    }
+    EXPECT_EQ(client_->get_state(), RdmaState::IDLE);
+}
+
+TEST_F(ManagerTest, ConnectWhenAlreadyConnectedFails) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto again = start(client_->connect("127.0.0.1", port_));
+    const auto v = again->wait_for(2s);
+    ASSERT_TRUE(v.has_value());
+    EXPECT_EQ(v->result, RdmaResult::FAILURE) << *v;
+    EXPECT_TRUE(client_->is_connected()) << "the existing connection is kept";
+    EXPECT_EQ(client_->connection_count(), 1u);
+}
+
+// ============================================================================================
+// connect failures
+// ============================================================================================
+
+TEST_F(ManagerTest, ConnectToPortWithoutListenerFailsWithinOneSecond) {
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    const std::uint16_t port = free_tcp_port();
+    ASSERT_NE(port, 0);
+    const auto t0 = Clock::now();
+    const auto r = await_within(client_->connect("127.0.0.1", port), 5s);
+    const double ms = ms_since(t0);
+    ASSERT_TRUE(r.has_value()) << "connect to a dead port never completed";
+    EXPECT_NE(r->result, RdmaResult::SUCCESS);
+    EXPECT_EQ(r->result, RdmaResult::DISCONNECTED) << *r;
+    EXPECT_LT(ms, 1000.0);
+    EXPECT_EQ(client_->get_state(), RdmaState::IDLE);
+    EXPECT_FALSE(client_->is_connected());
+}
+
+TEST_F(ManagerTest, ConnectWithNoAnswerTimesOut) {
+    ManagerOptions o = test_options();
+    o.connect_timeout = 500ms;
+    ASSERT_NO_FATAL_FAILURE(make_client(o));
+    SilentListener silent;
+    ASSERT_NE(silent.port(), 0);
+    const auto t0 = Clock::now();
+    auto c = start(client_->connect("127.0.0.1", silent.port()));
+    EXPECT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::CONNECTING; }, 400ms))
+        << "state while connecting: " << client_->get_state();
+    const auto r = c->wait_for(5s);
+    const double ms = ms_since(t0);
+    ASSERT_TRUE(r.has_value()) << "connect without an answer never completed";
+    EXPECT_EQ(r->result, RdmaResult::TIMEOUT) << *r;
+    EXPECT_GE(ms, 400.0);
+    EXPECT_LT(ms, 2000.0);
+    EXPECT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::IDLE; }, 1s))
+        << client_->get_state();
+}
+
+TEST_F(ManagerTest, ShutdownDuringConnectCompletesItDisconnected) {
+    ManagerOptions o = test_options();
+    o.connect_timeout = 10s;
+    ASSERT_NO_FATAL_FAILURE(make_client(o));
+    SilentListener silent;
+    auto c = start(client_->connect("127.0.0.1", silent.port()));
+    std::this_thread::sleep_for(50ms);
+    ASSERT_FALSE(c->ready());
+    const auto t0 = Clock::now();
+    client_->shutdown();
+    EXPECT_LT(ms_since(t0), 2000.0);
+    const auto r = c->wait_for(2s);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->result, RdmaResult::DISCONNECTED) << *r;
+}
+
+TEST_F(ManagerTest, ClientReconnectsAfterFailedConnect) {
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    const auto bad = await_within(client_->connect("127.0.0.1", free_tcp_port()), 5s);
+    ASSERT_TRUE(bad.has_value());
+    ASSERT_FALSE(bad->success());
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    const auto good = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
+    ASSERT_TRUE(good.has_value());
+    EXPECT_TRUE(good->success()) << *good;
+    EXPECT_TRUE(client_->is_connected());
+}
+
+// Disabled: UCX 1.13.1 itself cannot do this here. A plain UCP server listening on ::1
+// (tests/peer/plain_ucp_peer server 2 ::1) fails ucp_ep_create(conn_request) for an ::1
+// client ("connect(dest_addr=::1:<port>) failed: Connection refused" from UCX's tcp
+// transport, client sees UCS_ERR_REJECTED) and then aborts in ucp_worker_destroy with
+// "free(): invalid pointer" — the same as btsp does. Run with
+// --gtest_also_run_disabled_tests once UCX is fixed.
+TEST_F(ManagerTest, DISABLED_ServerListeningOnIpv6LoopbackAcceptsIpv6Client) {
+    if (!ipv6_loopback_available()) GTEST_SKIP() << "no IPv6 loopback here";
+    ManagerOptions o = test_options();
+    o.listen_address = "::1";
+    ASSERT_NO_FATAL_FAILURE(make_server(o));
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    const auto r = await_within(client_->connect("::1", port_), kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->success()) << *r;
+    std::uint8_t* out = buffer(5, 0x61);
+    std::uint8_t* in = buffer(5);
+    auto recv = start(server_->tag_recv(in, 5, 1));
+    ASSERT_TRUE(await_within(client_->tag_send(out, 5, 1), kOpLimit).value_or(RdmaOpResult{}));
+    const auto got = recv->wait_for(kOpLimit);
+    ASSERT_TRUE(got.has_value() && got->success());
+    EXPECT_EQ(std::memcmp(in, out, 5), 0);
+}
+
+// ============================================================================================
+// Data transfer
+// ============================================================================================
+
+TEST_F(ManagerTest, SendReportsSizeAndRecvReportsRealLength) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* in = buffer(100, 0);
+    auto& out = buffer_vec(pattern(10, 3));
+    auto recv = start(server_->tag_recv(in, 100, 42));
+    const auto s = await_within(client_->tag_send(out.data(), 10, 42), kOpLimit);
+    ASSERT_TRUE(s.has_value());
+    ASSERT_TRUE(s->success()) << *s;
+    EXPECT_EQ(s->bytes_transferred, 10u);
+    const auto r = recv->wait_for(kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->success()) << *r;
+    EXPECT_EQ(r->bytes_transferred, 10u) << "the real length, not the buffer size";
+    EXPECT_EQ(r->sender_tag, 42u);
+    EXPECT_EQ(std::memcmp(in, out.data(), 10), 0);
+    EXPECT_EQ(in[10], 0) << "nothing written past the message";
+}
+
+TEST_F(ManagerTest, RecvOfAlreadyArrivedMessageReportsRealLength) {
+    // The message waits in UCX's unexpected queue before the receive is posted: the
+    // receive then completes at once inside UCX, and must still report length and tag.
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto& out = buffer_vec(pattern(10, 4));
+    ASSERT_TRUE(await_within(client_->tag_send(out.data(), 10, 43), kOpLimit)
+                    .value_or(RdmaOpResult{}));
+    std::this_thread::sleep_for(100ms);  // let it arrive
+    std::uint8_t* in = buffer(100, 0);
+    const auto r = await_within(server_->tag_recv(in, 100, 43), kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->success()) << *r;
+    EXPECT_EQ(r->bytes_transferred, 10u);
+    EXPECT_EQ(r->sender_tag, 43u);
+    EXPECT_EQ(std::memcmp(in, out.data(), 10), 0);
+}
+
+TEST_F(ManagerTest, OutOfOrderTagsAreMatchedByTag) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto& m300 = buffer_vec(pattern(32, 300));
+    auto& m100 = buffer_vec(pattern(48, 100));
+    ASSERT_TRUE(await_within(client_->tag_send(m300.data(), m300.size(), 300), kOpLimit)
+                    .value_or(RdmaOpResult{}));
+    ASSERT_TRUE(await_within(client_->tag_send(m100.data(), m100.size(), 100), kOpLimit)
+                    .value_or(RdmaOpResult{}));
+    std::uint8_t* in100 = buffer(64);
+    std::uint8_t* in300 = buffer(64);
+    const auto r100 = await_within(server_->tag_recv(in100, 64, 100), kOpLimit);
+    const auto r300 = await_within(server_->tag_recv(in300, 64, 300), kOpLimit);
+    ASSERT_TRUE(r100.has_value() && r300.has_value());
+    ASSERT_TRUE(r100->success()) << *r100;
+    ASSERT_TRUE(r300->success()) << *r300;
+    EXPECT_EQ(r100->bytes_transferred, 48u);
+    EXPECT_EQ(r300->bytes_transferred, 32u);
+    EXPECT_EQ(r100->sender_tag, 100u);
+    EXPECT_EQ(r300->sender_tag, 300u);
+    EXPECT_EQ(std::memcmp(in100, m100.data(), 48), 0);
+    EXPECT_EQ(std::memcmp(in300, m300.data(), 32), 0);
+}
+
+TEST_F(ManagerTest, MaskedRecvMatchesMaskedTagAndReportsFullTag) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* in = buffer(16);
+    auto recv = start(server_->tag_recv(in, 16, 0x1200, 0xff00));
+    auto& other = buffer_vec(pattern(4, 1));
+    auto& match = buffer_vec(pattern(8, 2));
+    ASSERT_TRUE(await_within(client_->tag_send(other.data(), 4, 0x1300), kOpLimit)
+                    .value_or(RdmaOpResult{}));
+    ASSERT_TRUE(await_within(client_->tag_send(match.data(), 8, 0x1234), kOpLimit)
+                    .value_or(RdmaOpResult{}));
+    const auto r = recv->wait_for(kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->success()) << *r;
+    EXPECT_EQ(r->sender_tag, 0x1234u);
+    EXPECT_EQ(r->bytes_transferred, 8u);
+    EXPECT_EQ(std::memcmp(in, match.data(), 8), 0);
+    // The non-matching message is still there for its own tag.
+    std::uint8_t* in2 = buffer(16);
+    const auto r2 = await_within(server_->tag_recv(in2, 16, 0x1300), kOpLimit);
+    ASSERT_TRUE(r2.has_value() && r2->success());
+    EXPECT_EQ(r2->bytes_transferred, 4u);
+}
+
+TEST_F(ManagerTest, TruncatedMessageFailsAndNextMessageStillArrives) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto& big = buffer_vec(pattern(100, 7));
+    auto& next = buffer_vec(pattern(20, 8));
+    std::uint8_t* small = buffer(10);
+    auto recv = start(server_->tag_recv(small, 10, 11));
+    const auto s = await_within(client_->tag_send(big.data(), big.size(), 11), kOpLimit);
+    ASSERT_TRUE(s.has_value());
+    EXPECT_TRUE(s->success()) << "the sender does not see the receiver's truncation: " << *s;
+    const auto r = recv->wait_for(kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->result, RdmaResult::FAILURE) << *r;
+    EXPECT_EQ(r->status, UCS_ERR_MESSAGE_TRUNCATED) << *r;
+    EXPECT_FALSE(r->reason().empty());
+
+    EXPECT_TRUE(server_->is_connected()) << "truncation keeps the connection";
+    std::uint8_t* in = buffer(64);
+    auto recv2 = start(server_->tag_recv(in, 64, 12));
+    ASSERT_TRUE(await_within(client_->tag_send(next.data(), next.size(), 12), kOpLimit)
+                    .value_or(RdmaOpResult{}));
+    const auto r2 = recv2->wait_for(kOpLimit);
+    ASSERT_TRUE(r2.has_value());
+    ASSERT_TRUE(r2->success()) << *r2;
+    EXPECT_EQ(r2->bytes_transferred, 20u);
+    EXPECT_EQ(std::memcmp(in, next.data(), 20), 0);
+}
+
+TEST_F(ManagerTest, TruncatedRendezvousMessageFailsAndConnectionSurvives) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    constexpr std::size_t kBig = 256u << 10;
+    auto& big = buffer_vec(pattern(kBig, 9));
+    std::uint8_t* small = buffer(1024);
+    auto recv = start(server_->tag_recv(small, 1024, 13));
+    auto send = start(client_->tag_send(big.data(), big.size(), 13));
+    const auto r = recv->wait_for(kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->result, RdmaResult::FAILURE) << *r;
+    EXPECT_EQ(r->status, UCS_ERR_MESSAGE_TRUNCATED) << *r;
+    const auto s = send->wait_for(kOpLimit);
+    ASSERT_TRUE(s.has_value()) << "the truncated rendezvous send must complete";
+    // Then a normal exchange still works.
+    auto& next = buffer_vec(pattern(64, 10));
+    std::uint8_t* in = buffer(64);
+    auto recv2 = start(server_->tag_recv(in, 64, 14));
+    ASSERT_TRUE(await_within(client_->tag_send(next.data(), 64, 14), kOpLimit)
+                    .value_or(RdmaOpResult{}));
+    const auto r2 = recv2->wait_for(kOpLimit);
+    ASSERT_TRUE(r2.has_value() && r2->success());
+    EXPECT_EQ(std::memcmp(in, next.data(), 64), 0);
+}
+
+// ---- sizes across eager / rendezvous -------------------------------------------------------
+
+class ManagerSizeTest : public ManagerTest, public ::testing::WithParamInterface<std::size_t> {};
+
+TEST_P(ManagerSizeTest, MessageArrivesIntactBothWays) {
+    const std::size_t size = GetParam();
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto& out = buffer_vec(pattern(size, static_cast<std::uint32_t>(size)));
+    std::uint8_t* in = buffer(size);
+    auto recv = start(server_->tag_recv(in, size, 21));
+    const auto s = await_within(client_->tag_send(out.data(), size, 21), kOpLimit);
+    ASSERT_TRUE(s.has_value());
+    ASSERT_TRUE(s->success()) << *s;
+    EXPECT_EQ(s->bytes_transferred, size);
+    const auto r = recv->wait_for(kOpLimit);
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->success()) << *r;
+    EXPECT_EQ(r->bytes_transferred, size);
+    EXPECT_EQ(checksum(in, size), checksum(out.data(), size));
+
+    // Back from the server (recv posted after the send: unexpected-queue path).
+    auto& back = buffer_vec(pattern(size, static_cast<std::uint32_t>(size) + 1));
+    std::uint8_t* in2 = buffer(size);
+    auto send2 = start(server_->tag_send(back.data(), size, 22));
+    const auto r2 = await_within(client_->tag_recv(in2, size, 22), kOpLimit);
+    ASSERT_TRUE(r2.has_value());
+    ASSERT_TRUE(r2->success()) << *r2;
+    EXPECT_EQ(r2->bytes_transferred, size);
+    EXPECT_EQ(checksum(in2, size), checksum(back.data(), size));
+    const auto s2 = send2->wait_for(kOpLimit);
+    ASSERT_TRUE(s2.has_value() && s2->success());
+}
+
+INSTANTIATE_TEST_SUITE_P(EagerAndRendezvous, ManagerSizeTest,
+                         ::testing::Values(std::size_t{8}, std::size_t{8} << 10,
+                                           std::size_t{64} << 10, std::size_t{4} << 20),
+                         [](const ::testing::TestParamInfo<std::size_t>& i) {
+                             return std::to_string(i.param) + "B";
+                         });
+
+// ---- concurrency -----------------------------------------------------------------------------
+
+TEST_F(ManagerTest, TwoHundredConcurrentSendsAndRecvsFromFourThreads) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    constexpr int kThreads = 4;
+    constexpr int kPerThread = 50;
+    constexpr int kTotal = kThreads * kPerThread;
+    constexpr std::size_t kCap = 64;
+    std::uint8_t* in = buffer(kTotal * kCap);
+    std::vector<std::vector<std::uint8_t>*> payloads;
+    for (int i = 0; i < kTotal; ++i)
+        payloads.push_back(&buffer_vec(pattern(8 + static_cast<std::size_t>(i % 50),
+                                               static_cast<std::uint32_t>(i))));
+
+    std::vector<std::unique_ptr<PendingOp>> recvs(kTotal);
+    std::vector<std::unique_ptr<PendingOp>> sends(kTotal);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            for (int k = 0; k < kPerThread; ++k) {
+                const int i = t * kPerThread + k;
+                recvs[static_cast<std::size_t>(i)] = start(server_->tag_recv(
+                    in + static_cast<std::size_t>(i) * kCap, kCap, 1000 + static_cast<std::uint64_t>(i)));
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    threads.clear();
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            for (int k = 0; k < kPerThread; ++k) {
+                const int i = t * kPerThread + k;
+                auto* p = payloads[static_cast<std::size_t>(i)];
+                sends[static_cast<std::size_t>(i)] = start(
+                    client_->tag_send(p->data(), p->size(), 1000 + static_cast<std::uint64_t>(i)));
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+
+    const auto deadline = Clock::now() + 20s;
+    int ok_recv = 0;
+    int ok_send = 0;
+    for (int i = 0; i < kTotal; ++i) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        const auto s = sends[static_cast<std::size_t>(i)]->wait_for(std::max(left, 1ms));
+        if (s && s->success()) ++ok_send;
+        const auto r = recvs[static_cast<std::size_t>(i)]->wait_for(std::max(left, 1ms));
+        ASSERT_TRUE(r.has_value()) << "recv " << i << " never completed";
+        ASSERT_TRUE(r->success()) << "recv " << i << ": " << *r;
+        auto* p = payloads[static_cast<std::size_t>(i)];
+        EXPECT_EQ(r->bytes_transferred, p->size()) << i;
+        EXPECT_EQ(r->sender_tag, 1000u + static_cast<std::uint64_t>(i));
+        EXPECT_EQ(std::memcmp(in + static_cast<std::size_t>(i) * kCap, p->data(), p->size()), 0) << i;
+        ++ok_recv;
+    }
+    EXPECT_EQ(ok_send, kTotal);
+    EXPECT_EQ(ok_recv, kTotal);
+}
+
+TEST_F(ManagerTest, ManyMessagesOnOneTagAreAllDelivered) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    constexpr int kCount = 300;
+    std::uint8_t* in = buffer(kCount * sizeof(int));
+    std::uint8_t* out = buffer(kCount * sizeof(int));
+    for (int i = 0; i < kCount; ++i) std::memcpy(out + static_cast<std::size_t>(i) * sizeof(int), &i, sizeof i);
+    std::vector<std::unique_ptr<PendingOp>> recvs;
+    for (int i = 0; i < kCount; ++i)
+        recvs.push_back(start(server_->tag_recv(in + static_cast<std::size_t>(i) * sizeof(int),
+                                                sizeof(int), 5)));
+    std::vector<std::unique_ptr<PendingOp>> sends;
+    for (int i = 0; i < kCount; ++i)
+        sends.push_back(start(
+            client_->tag_send(out + static_cast<std::size_t>(i) * sizeof(int), sizeof(int), 5)));
+    std::set<int> seen;
+    for (int i = 0; i < kCount; ++i) {
+        const auto r = recvs[static_cast<std::size_t>(i)]->wait_for(kOpLimit);
+        ASSERT_TRUE(r.has_value() && r->success()) << i;
+        int v = -1;
+        std::memcpy(&v, in + static_cast<std::size_t>(i) * sizeof(int), sizeof v);
+        seen.insert(v);
+        const auto s = sends[static_cast<std::size_t>(i)]->wait_for(kOpLimit);
+        ASSERT_TRUE(s.has_value() && s->success()) << i;
+    }
+    EXPECT_EQ(seen.size(), static_cast<std::size_t>(kCount)) << "every message exactly once";
+    EXPECT_EQ(*seen.begin(), 0);
+    EXPECT_EQ(*seen.rbegin(), kCount - 1);
+}
+
+TEST_F(ManagerTest, SuspendedOperationResumesOnProgressThread) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* in = buffer(8);
+    auto recv = start(client_->tag_recv(in, 8, 31));
+    std::this_thread::sleep_for(20ms);
+    ASSERT_FALSE(recv->ready());
+    std::uint8_t* out = buffer(8, 1);
+    ASSERT_TRUE(await_within(server_->tag_send(out, 8, 31), kOpLimit).value_or(RdmaOpResult{}));
+    ASSERT_TRUE(recv->wait_for(kOpLimit).value_or(RdmaOpResult{}));
+    EXPECT_NE(recv->resumed_on(), std::this_thread::get_id());
+}
+
+// ============================================================================================
+// Peer going away, shutdown with operations in flight
+// ============================================================================================
+
+TEST_F(ManagerTest, PeerShutdownCompletesPendingRecvDisconnectedAndClientBecomesIdle) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* in = buffer(64);
+    auto recv = start(client_->tag_recv(in, 64, 50));
+    std::this_thread::sleep_for(20ms);
+    ASSERT_FALSE(recv->ready());
+    const auto t0 = Clock::now();
+    server_->shutdown();
+    const auto r = recv->wait_for(5s);
+    ASSERT_TRUE(r.has_value()) << "pending recv never completed after the peer left";
+    EXPECT_EQ(r->result, RdmaResult::DISCONNECTED) << *r;
+    EXPECT_LT(ms_since(t0), 1000.0);
+    EXPECT_TRUE(wait_until([&] { return !client_->is_connected(); }, 2s));
+    EXPECT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::IDLE; }, 2s))
+        << client_->get_state();
+    EXPECT_EQ(client_->connection_count(), 0u);
+}
+
+TEST_F(ManagerTest, PeerShutdownCompletesPendingRendezvousSendDisconnected) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto& big = buffer_vec(pattern(4u << 20, 11));
+    auto send = start(client_->tag_send(big.data(), big.size(), 51));
+    std::this_thread::sleep_for(50ms);
+    ASSERT_FALSE(send->ready()) << "no receiver: the rendezvous send waits";
+    const auto t0 = Clock::now();
+    server_->shutdown();
+    const auto s = send->wait_for(5s);
+    ASSERT_TRUE(s.has_value()) << "pending send never completed after the peer left";
+    EXPECT_EQ(s->result, RdmaResult::DISCONNECTED) << *s;
+    EXPECT_LT(ms_since(t0), 1000.0);
+    EXPECT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::IDLE; }, 2s))
+        << client_->get_state();
+}
+
+TEST_F(ManagerTest, ClientShutdownReturnsServerToListeningAndItAcceptsAgain) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* in = buffer(64);
+    auto recv = start(server_->tag_recv(in, 64, 60));
+    std::this_thread::sleep_for(20ms);
+    client_->shutdown();
+    const auto r = recv->wait_for(5s);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->result, RdmaResult::DISCONNECTED) << *r;
+    EXPECT_TRUE(wait_until([&] { return server_->get_state() == RdmaState::LISTENING; }, 2s))
+        << server_->get_state();
+    EXPECT_FALSE(server_->is_connected());
+    EXPECT_EQ(server_->connection_count(), 0u);
+
+    // A new client is accepted and works.
+    auto accepted = start(server_->wait_for_connection());
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    const auto c = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
+    ASSERT_TRUE(c.has_value() && c->success());
+    ASSERT_TRUE(accepted->wait_for(kOpLimit).value_or(false));
+    auto& msg = buffer_vec(pattern(24, 12));
+    auto recv2 = start(server_->tag_recv(in, 64, 61));
+    ASSERT_TRUE(await_within(client_->tag_send(msg.data(), 24, 61), kOpLimit).value_or(RdmaOpResult{}));
+    const auto r2 = recv2->wait_for(kOpLimit);
+    ASSERT_TRUE(r2.has_value() && r2->success());
+    EXPECT_EQ(std::memcmp(in, msg.data(), 24), 0);
+}
+
+TEST_F(ManagerTest, ClientReconnectsAfterServerWentAway) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    server_->shutdown();
+    ASSERT_TRUE(wait_until([&] { return client_->get_state() == RdmaState::IDLE; }, 3s))
+        << client_->get_state();
+    server_.reset();
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    const auto c = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
+    ASSERT_TRUE(c.has_value());
+    EXPECT_TRUE(c->success()) << *c;
+    EXPECT_TRUE(client_->is_connected());
+}
+
+RdmaTask<RdmaOpResult> accept_then_recv(CoroutineRdmaManager& m, std::uint8_t* buf, std::size_t n) {
+    // (never `if (!co_await ...)`: g++ 12 miscompiles co_await inside a condition)
+    const bool connected = co_await m.wait_for_connection();
+    if (!connected) co_return RdmaOpResult{};
+    const RdmaOpResult r = co_await m.tag_recv(buf, n, 42);  // posted on the progress thread at once
+    co_return r;
+}
+
+TEST_F(ManagerTest, MessageSentRightAfterConnectIsDeliveredThoughClientShutsDownAtOnce) {
+    // The spec's quick start: the client connects, sends one eager message and shuts down
+    // at once; the server (waiting in wait_for_connection, then tag_recv) must get it.
+    // A connect that reports SUCCESS before the server has accepted the connection loses
+    // the message (and the server never sees a connection). Repeated: it is a race.
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    std::uint8_t* in = buffer(64);
+    auto& msg = buffer_vec(pattern(16, 42));
+    for (int i = 0; i < 40; ++i) {
+        std::fill(in, in + 64, std::uint8_t{0});
+        auto srv = start(accept_then_recv(*server_, in, 64));
+        {
+            CoroutineRdmaManager client(test_options());
+            ASSERT_TRUE(client.initialize(false, 0));
+            const auto c = await_within(client.connect("127.0.0.1", port_), kOpLimit);
+            ASSERT_TRUE(c.has_value() && c->success()) << "iteration " << i;
+            const auto s = await_within(client.tag_send(msg.data(), msg.size(), 42), kOpLimit);
+            ASSERT_TRUE(s.has_value() && s->success()) << "iteration " << i;
+            client.shutdown();
+        }
+        const auto r = srv->wait_for(5s);
+        ASSERT_TRUE(r.has_value()) << "iteration " << i
+                                   << ": the server never saw the connection (state "
+                                   << server_->get_state() << ")";
+        ASSERT_TRUE(r->success()) << "iteration " << i << ": " << *r;
+        EXPECT_EQ(r->bytes_transferred, msg.size());
+        EXPECT_EQ(std::memcmp(in, msg.data(), msg.size()), 0);
+        ASSERT_TRUE(wait_until([&] { return server_->get_state() == RdmaState::LISTENING; }, 3s))
+            << server_->get_state();
+    }
+}
+
+TEST_F(ManagerTest, ShutdownWithHundredPendingRecvsCompletesAllDisconnectedQuickly) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    constexpr int kCount = 100;
+    std::uint8_t* in = buffer(kCount * 16);
+    std::vector<std::unique_ptr<PendingOp>> recvs;
+    for (int i = 0; i < kCount; ++i)
+        recvs.push_back(start(client_->tag_recv(in + i * 16, 16, 700 + static_cast<std::uint64_t>(i))));
+    auto& big = buffer_vec(pattern(4u << 20, 13));
+    auto send = start(client_->tag_send(big.data(), big.size(), 799));
+    auto waiter = start(client_->wait_for_state(RdmaState::SHUTDOWN));
+    std::this_thread::sleep_for(50ms);
+    const auto t0 = Clock::now();
+    client_->shutdown();
+    const double ms = ms_since(t0);
+    EXPECT_LT(ms, 1500.0) << "shutdown must not wait for the peer";
+    for (int i = 0; i < kCount; ++i) {
+        const auto r = recvs[static_cast<std::size_t>(i)]->wait_for(2s);
+        ASSERT_TRUE(r.has_value()) << "recv " << i << " not completed by shutdown";
+        EXPECT_EQ(r->result, RdmaResult::DISCONNECTED) << *r;
+        EXPECT_EQ(r->reason(), "manager shut down");
+    }
+    const auto s = send->wait_for(2s);
+    ASSERT_TRUE(s.has_value()) << "pending send not completed by shutdown";
+    EXPECT_EQ(s->result, RdmaResult::DISCONNECTED) << *s;
+    const auto w = waiter->wait_for(2s);
+    ASSERT_TRUE(w.has_value());
+    EXPECT_EQ(client_->get_state(), RdmaState::SHUTDOWN);
+    // And the peer notices: the server goes back to listening.
+    EXPECT_TRUE(wait_until([&] { return server_->get_state() == RdmaState::LISTENING; }, 3s))
+        << server_->get_state();
+}
+
+TEST_F(ManagerTest, DestructorWithOpsInFlightCompletesThem) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* in = buffer(64);
+    auto recv = start(client_->tag_recv(in, 64, 1));
+    std::this_thread::sleep_for(20ms);
+    const auto t0 = Clock::now();
+    client_.reset();
+    EXPECT_LT(ms_since(t0), 1500.0);
+    const auto r = recv->wait_for(2s);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->result, RdmaResult::DISCONNECTED) << *r;
+}
+
+// ---- shutdown / destruction from inside the manager's own coroutine -------------------------
+
+RdmaTask<int> recv_then_shutdown(CoroutineRdmaManager& m, std::uint8_t* buf) {
+    const RdmaOpResult r = co_await m.tag_recv(buf, 8, 70);
+    m.shutdown();  // on the manager's own progress thread
+    co_return r.success() ? 1 : -1;
+}
+
+TEST_F(ManagerTest, ShutdownFromInsideOwnCoroutine) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* in = buffer(8);
+    auto task = start(recv_then_shutdown(*client_, in));
+    std::this_thread::sleep_for(20ms);
+    std::uint8_t* out = buffer(8, 3);
+    ASSERT_TRUE(await_within(server_->tag_send(out, 8, 70), kOpLimit).value_or(RdmaOpResult{}));
+    const auto v = task->wait_for(5s);
+    ASSERT_TRUE(v.has_value()) << "shutdown inside the coroutine deadlocked";
+    EXPECT_EQ(*v, 1);
+    EXPECT_NE(task->resumed_on(), std::this_thread::get_id());
+    EXPECT_EQ(client_->get_state(), RdmaState::SHUTDOWN);
+    EXPECT_FALSE(client_->is_running());
+}
+
+RdmaTask<int> recv_then_destroy(std::unique_ptr<CoroutineRdmaManager>* owner, std::uint8_t* buf) {
+    const RdmaOpResult r = co_await (*owner)->tag_recv(buf, 8, 71);
+    owner->reset();  // destroys the manager on its own progress thread
+    co_return r.success() ? 1 : -1;
+}
+
+TEST_F(ManagerTest, DestroyManagerFromInsideOwnCoroutine) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::uint8_t* in = buffer(8);
+    auto holder = std::make_unique<std::unique_ptr<CoroutineRdmaManager>>(std::move(client_));
+    auto task = start(recv_then_destroy(holder.get(), in));
+    std::this_thread::sleep_for(20ms);
+    std::uint8_t* out = buffer(8, 4);
+    ASSERT_TRUE(await_within(server_->tag_send(out, 8, 71), kOpLimit).value_or(RdmaOpResult{}));
+    const auto v = task->wait_for(5s);
+    ASSERT_TRUE(v.has_value()) << "destroying the manager inside its coroutine deadlocked";
+    EXPECT_EQ(*v, 1);
+    EXPECT_EQ(*holder, nullptr);
+    EXPECT_TRUE(wait_until([&] { return server_->get_state() == RdmaState::LISTENING; }, 3s))
+        << server_->get_state();
+}
+
+RdmaTask<int> manager_local_to_coroutine(std::uint16_t port, std::uint8_t* buf) {
+    // The spec's pattern: the manager lives in the coroutine frame, so the coroutine's
+    // end (on that manager's progress thread) destroys it.
+    CoroutineRdmaManager manager(test_options());
+    if (!manager.initialize(false, 0)) co_return -1;
+    const RdmaOpResult c = co_await manager.connect("127.0.0.1", port);
+    if (!c) co_return -2;
+    const RdmaOpResult r = co_await manager.tag_recv(buf, 8, 72);
+    co_return r.success() ? 1 : -3;
+}
+
+TEST_F(ManagerTest, ManagerLocalToCoroutineIsDestroyedAtCoroutineEnd) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    std::uint8_t* in = buffer(8);
+    auto accepted = start(server_->wait_for_connection());
+    auto task = start(manager_local_to_coroutine(port_, in));
+    ASSERT_TRUE(accepted->wait_for(kOpLimit).value_or(false));
+    std::uint8_t* out = buffer(8, 5);
+    ASSERT_TRUE(await_within(server_->tag_send(out, 8, 72), kOpLimit).value_or(RdmaOpResult{}));
+    const auto v = task->wait_for(5s);
+    ASSERT_TRUE(v.has_value()) << "the coroutine-local manager's destructor deadlocked";
+    EXPECT_EQ(*v, 1);
+    EXPECT_TRUE(wait_until([&] { return server_->get_state() == RdmaState::LISTENING; }, 3s))
+        << server_->get_state();
+}
+
+// ============================================================================================
+// Progress hand-off and progress modes
+// ============================================================================================
+
+RdmaTask<int> recv_then_block(CoroutineRdmaManager& m, std::uint8_t* buf,
+                              std::atomic<bool>* blocking, Clock::time_point* unblocked_at) {
+    const RdmaOpResult r = co_await m.tag_recv(buf, 8, 80);  // resumes on the progress thread
+    *blocking = true;
+    std::this_thread::sleep_for(300ms);  // user code blocks the progress thread
+    *unblocked_at = Clock::now();
+    co_return r.success() ? 1 : -1;
+}
+
+TEST_F(ManagerTest, BlockingCoroutineDoesNotStallOtherOperations) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    std::atomic<int> echoed{0};
+    std::uint8_t* echo_buf = buffer(256);
+    auto echo = start(echo_loop(*server_, echo_buf, 256, 81, 82, &echoed));
+
+    std::uint8_t* in = buffer(8);
+    std::atomic<bool> blocking{false};
+    Clock::time_point unblocked_at{};
+    auto blocker = start(recv_then_block(*client_, in, &blocking, &unblocked_at));
+    std::uint8_t* trigger = buffer(8, 6);
+    ASSERT_TRUE(await_within(server_->tag_send(trigger, 8, 80), kOpLimit).value_or(RdmaOpResult{}));
+    ASSERT_TRUE(wait_until([&] { return blocking.load(); }, 5s));
+
+    // The client's progress thread now sleeps for 300 ms inside user code.
+    const auto t0 = Clock::now();
+    auto pp = start(ping_pong(*client_, 64, 5, 81, 82));
+    const auto result = pp->wait_for(kOpLimit);
+    ASSERT_TRUE(result.has_value()) << "ping-pong never finished";
+    EXPECT_EQ(*result, "");
+    const auto b = blocker->wait_for(kOpLimit);
+    ASSERT_TRUE(b.has_value());
+    EXPECT_EQ(*b, 1);
+    EXPECT_LT(pp->elapsed(), unblocked_at - t0)
+        << "the ping-pong must finish while the other coroutine is still blocked ("
+        << std::chrono::duration<double, std::milli>(pp->elapsed()).count() << " ms vs "
+        << std::chrono::duration<double, std::milli>(unblocked_at - t0).count() << " ms)";
+    // The echo loop counts after its send completes, which may be after our receive.
+    EXPECT_TRUE(wait_until([&] { return echoed.load() == 5; }, 5s)) << echoed.load();
+}
+
+class ProgressModeTest : public ManagerTest, public ::testing::WithParamInterface<ProgressMode> {};
+
+TEST_P(ProgressModeTest, PingPongCompletes) {
+    ManagerOptions o = test_options();
+    o.progress_mode = GetParam();
+    ASSERT_NO_FATAL_FAILURE(connect_pair(o));
+    EXPECT_EQ(client_->options().progress_mode, GetParam());
+    std::atomic<int> echoed{0};
+    std::uint8_t* echo_buf = buffer(1u << 20);
+    auto echo = start(echo_loop(*server_, echo_buf, 1u << 20, 91, 92, &echoed));
+    const auto t0 = Clock::now();
+    auto small = start(ping_pong(*client_, 64, 300, 91, 92));
+    const auto r1 = small->wait_for(30s);
+    ASSERT_TRUE(r1.has_value()) << "300 small round trips did not finish in 30 s";
+    EXPECT_EQ(*r1, "");
+    const double small_ms = ms_since(t0);
+    auto large = start(ping_pong(*client_, 1u << 20, 10, 91, 92));
+    const auto r2 = large->wait_for(30s);
+    ASSERT_TRUE(r2.has_value()) << "10 large round trips did not finish in 30 s";
+    EXPECT_EQ(*r2, "");
+    EXPECT_TRUE(wait_until([&] { return echoed.load() == 310; }, 5s)) << echoed.load();
+    // Not a benchmark (this runs beside other tests on small machines); only catches a
+    // progress loop that sleeps per operation (>= 6 s here at 10 ms per operation).
+    EXPECT_LT(small_ms, 6000.0) << "300 round trips of 64 B";
+    RecordProperty("small_round_trips_ms", std::to_string(small_ms));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllModes, ProgressModeTest,
+                         ::testing::Values(ProgressMode::POLLING, ProgressMode::BLOCKING,
+                                           ProgressMode::ADAPTIVE),
+                         [](const ::testing::TestParamInfo<ProgressMode>& i) {
+                             return std::string(btsp::to_string(i.param));
+                         });
+
+// ============================================================================================
+// Several clients on one server
+// ============================================================================================
+
+TEST_F(ManagerTest, ServerReceivesFromAnyClientAndSendsToOldest) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    auto second = std::make_unique<CoroutineRdmaManager>(test_options());
+    ASSERT_TRUE(second->initialize(false, 0));
+    const auto c = await_within(second->connect("127.0.0.1", port_), kOpLimit);
+    ASSERT_TRUE(c.has_value() && c->success());
+    ASSERT_TRUE(wait_until([&] { return server_->connection_count() == 2; }, 5s))
+        << server_->connection_count();
+
+    // Receives match messages from either client.
+    std::uint8_t* in = buffer(2 * 8);
+    auto r1 = start(server_->tag_recv(in, 8, 5));
+    auto r2 = start(server_->tag_recv(in + 8, 8, 5));
+    std::uint8_t* a = buffer(8, 0xa1);
+    std::uint8_t* b = buffer(8, 0xb2);
+    ASSERT_TRUE(await_within(client_->tag_send(a, 8, 5), kOpLimit).value_or(RdmaOpResult{}));
+    ASSERT_TRUE(await_within(second->tag_send(b, 8, 5), kOpLimit).value_or(RdmaOpResult{}));
+    ASSERT_TRUE(r1->wait_for(kOpLimit).value_or(RdmaOpResult{}));
+    ASSERT_TRUE(r2->wait_for(kOpLimit).value_or(RdmaOpResult{}));
+    std::set<int> firsts{in[0], in[8]};
+    EXPECT_EQ(firsts, (std::set<int>{0xa1, 0xb2}));
+
+    // tag_send goes to the oldest live connection: the first client.
+    std::uint8_t* in1 = buffer(8);
+    std::uint8_t* in2 = buffer(8);
+    auto got1 = start(client_->tag_recv(in1, 8, 6));
+    auto got2 = start(second->tag_recv(in2, 8, 6));
+    std::uint8_t* msg = buffer(8, 0xc3);
+    ASSERT_TRUE(await_within(server_->tag_send(msg, 8, 6), kOpLimit).value_or(RdmaOpResult{}));
+    const auto g1 = got1->wait_for(kOpLimit);
+    ASSERT_TRUE(g1.has_value() && g1->success());
+    EXPECT_EQ(in1[0], 0xc3);
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(got2->ready()) << "the second client must not get the primary's message";
+
+    // When the first client leaves, the second becomes primary.
+    client_->shutdown();
+    ASSERT_TRUE(wait_until([&] { return server_->connection_count() == 1; }, 5s));
+    EXPECT_TRUE(server_->is_connected());
+    std::uint8_t* msg2 = buffer(8, 0xd4);
+    ASSERT_TRUE(await_within(server_->tag_send(msg2, 8, 6), kOpLimit).value_or(RdmaOpResult{}));
+    const auto g2 = got2->wait_for(kOpLimit);
+    ASSERT_TRUE(g2.has_value() && g2->success());
+    EXPECT_EQ(in2[0], 0xd4);
+    extra_.push_back(std::move(second));
+}
+
+TEST_F(ManagerTest, ListenOnClientStartsListener) {
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    const auto l = await_within(client_->listen(0), kOpLimit);
+    ASSERT_TRUE(l.has_value());
+    ASSERT_TRUE(l->success()) << *l;
+    EXPECT_EQ(l->bytes_transferred, 0u);
+    const std::uint16_t port = client_->listening_port();
+    ASSERT_NE(port, 0);
+    EXPECT_EQ(client_->get_state(), RdmaState::LISTENING);
+    // Something can connect to it.
+    auto other = std::make_unique<CoroutineRdmaManager>(test_options());
+    ASSERT_TRUE(other->initialize(false, 0));
+    const auto c = await_within(other->connect("127.0.0.1", port), kOpLimit);
+    ASSERT_TRUE(c.has_value());
+    EXPECT_TRUE(c->success()) << *c;
+    EXPECT_TRUE(await_within(client_->wait_for_connection(), kOpLimit).value_or(false));
+    extra_.push_back(std::move(other));
+}
+
+}  // namespace
