@@ -404,6 +404,36 @@ void Engine::teardown() noexcept {
         while (!all_closed() && Clock::now() < forced_deadline) ucp_worker_progress(worker_);
     }
 
+    // Control messages that arrived after their receive was cancelled (a peer's BYE or
+    // PING) would make UCX warn "unexpected tag-receive descriptor was not matched" at
+    // worker destruction: consume them (bounded).
+    for (int i = 0; i < 64; ++i) {
+        ucp_tag_recv_info_t info;
+        ucp_tag_message_h msg = ucp_tag_probe_nb(worker_, kReservedTagPrefix, kReservedTagMask, 1, &info);
+        if (msg == nullptr) break;
+        std::uint8_t scratch[kCtrlHeaderSize];
+        void* sink = info.length <= sizeof scratch ? scratch : nullptr;
+        std::vector<std::uint8_t> big;
+        if (sink == nullptr) {
+            try {
+                big.resize(info.length);
+                sink = big.data();
+            } catch (...) {
+                break;
+            }
+        }
+        ucp_request_param_t p;
+        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK;
+        p.cb.recv = [](void*, ucs_status_t, const ucp_tag_recv_info_t*, void*) {};
+        ucs_status_ptr_t sp = ucp_tag_msg_recv_nbx(worker_, sink, info.length, msg, &p);
+        if (UCS_PTR_IS_PTR(sp)) {
+            const auto until = Clock::now() + std::chrono::milliseconds(20);
+            while (ucp_request_check_status(sp) == UCS_INPROGRESS && Clock::now() < until) ucp_worker_progress(worker_);
+            if (ucp_request_check_status(sp) == UCS_INPROGRESS) ucp_request_cancel(worker_, sp);
+            ucp_request_free(sp);
+        }
+    }
+
     // Whatever UCX still holds: release the requests (no callback will follow) and
     // report the operations as ended by the shutdown.
     while (Operation* op = tracked_head_) {
