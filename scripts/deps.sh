@@ -3,7 +3,9 @@
 # Debian/Ubuntu (apt-get). Runs as root directly, otherwise through sudo.
 set -euo pipefail
 
-PACKAGES=(cmake g++ clang libucx-dev ucx-utils libgtest-dev libbenchmark-dev pkg-config iproute2)
+# libasio-dev: the asio integration and its tests; libclang-rt-14-dev: libFuzzer (clang);
+# python3: small helpers in the scripts.
+PACKAGES=(cmake g++ clang libclang-rt-14-dev libucx-dev ucx-utils libgtest-dev libbenchmark-dev libasio-dev pkg-config iproute2 python3)
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
