@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace btsp::detail {
@@ -44,6 +45,18 @@ void ctrl_send_callback(void* request, ucs_status_t /*status*/, void* user_data)
     auto* conn = static_cast<Connection*>(user_data);
     ucp_request_free(request);
     --conn->ucx_refs;
+    conn->engine->maybe_free(conn);
+}
+
+void bye_send_callback(void* request, ucs_status_t /*status*/, void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    ucp_request_free(request);
+    conn->bye_pending = false;
+    --conn->ucx_refs;
+    if (conn->close_deferred) {
+        conn->events |= kEvByeSent;
+        conn->engine->defer_connection(conn);
+    }
     conn->engine->maybe_free(conn);
 }
 
@@ -191,6 +204,8 @@ void Engine::remove_live(Connection* c) noexcept {
     primary_ep_.store(live_head_ ? live_head_->data_ep() : nullptr, std::memory_order_release);
 }
 
+void Engine::defer_connection(Connection* c) noexcept { defer(c); }
+
 void Engine::defer(Connection* c) noexcept {
     if (c->in_deferred_list) return;
     c->in_deferred_list = true;
@@ -311,6 +326,14 @@ void Engine::start_connect(Operation* op) noexcept {
 // (seen: "mm_ep.c: Invalid am_short length" and the message lost), so nothing is sent on
 // an endpoint before its first flush completes.
 void Engine::on_sock_flushed(Connection* conn, ucs_status_t status) noexcept {
+    if (conn->phase == ConnPhase::OPEN && conn->accept_pending && status == UCS_OK) {
+        // The fast endpoint was ready first: the ACCEPT still has to go out, or the server
+        // would take us for a plain UCP client.
+        conn->accept_pending = false;
+        conn->sock_flushed = true;
+        send_ctrl(conn, CtrlType::ACCEPT);
+        return;
+    }
     if (conn->phase != ConnPhase::CONNECTING && conn->phase != ConnPhase::HANDSHAKE) {
         maybe_free(conn);
         return;
@@ -461,9 +484,13 @@ void Engine::become_open(Connection* conn) noexcept {
             conn->bye_out.clear();
         }
         post_ctrl_recv(bye_recv_);
+        post_ctrl_recv(ping_recv_);
+        // Server: a first PING at once tells the client we took the worker-address path
+        // (so that the sockaddr endpoint we retire next is not mistaken for a lost peer).
+        if (!conn->is_client && !conn->ping_out.empty())
+            send_ctrl_on(conn, conn->ep_fast, CtrlType::PING, conn->ping_out, &conn->ping_pending);
         if (opts_.heartbeat_interval.count() > 0) {
             conn->last_heard = Clock::now();
-            post_ctrl_recv(ping_recv_);
             if (!heartbeat_timer_.armed) {
                 heartbeat_timer_.fire = [](TimerNode* t) noexcept { static_cast<Engine*>(t->ctx)->heartbeat_tick(); };
                 heartbeat_timer_.ctx = this;
@@ -490,8 +517,22 @@ void Engine::on_endpoint_error(Connection* conn, ucp_ep_h ep, ucs_status_t statu
     if (conn->ep_fast != nullptr && ep != conn->ep_fast) {
         // The sockaddr endpoint after the data moved: a reset is the peer retiring it.
         if (ep == conn->ep_sock && status == UCS_ERR_CONNECTION_RESET && conn->phase == ConnPhase::OPEN) {
-            conn->events |= kEvRetireSock;
-            defer(conn);
+            if (!conn->is_client || conn->fast_confirmed) {
+                conn->events |= kEvRetireSock;
+                defer(conn);
+            } else {
+                // The server's confirming PING may still be on its way: give it a moment;
+                // without it the server never took the fast path and this reset is real.
+                conn->sock_reset_pending = true;
+                arm_conn_timer(&conn->grace_timer, conn,
+                               [](TimerNode* t) noexcept {
+                                   auto* c = static_cast<Connection*>(t->ctx);
+                                   if (c->phase != ConnPhase::OPEN || !c->sock_reset_pending) return;
+                                   c->sock_reset_pending = false;
+                                   c->engine->on_connection_error(c, UCS_ERR_CONNECTION_RESET);
+                               },
+                               std::max(opts_.handshake_grace, std::chrono::milliseconds(500)));
+            }
             return;
         }
         if (ep != conn->ep_sock) return;  // already closed by us
@@ -729,7 +770,9 @@ bool Engine::send_ctrl_on(Connection* conn, ucp_ep_h ep, CtrlType type, std::vec
     }
     ucp_request_param_t p;
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = pending_flag != nullptr ? &ping_send_callback : &ctrl_send_callback;
+    p.cb.send = type == CtrlType::BYE ? &bye_send_callback
+              : pending_flag != nullptr ? &ping_send_callback
+                                        : &ctrl_send_callback;
     p.user_data = conn;
     const std::uint64_t tag = type == CtrlType::BYE ? kTagBye : kTagPing;
     ucs_status_ptr_t sp = ucp_tag_send_nbx(ep, buf.data(), buf.size(), tag, &p);
@@ -737,6 +780,7 @@ bool Engine::send_ctrl_on(Connection* conn, ucp_ep_h ep, CtrlType type, std::vec
     if (sp != nullptr) {
         ++conn->ucx_refs;
         if (pending_flag != nullptr) *pending_flag = true;
+        if (type == CtrlType::BYE) conn->bye_pending = true;
     }
     return true;
 }
@@ -750,6 +794,13 @@ void Engine::handle_ping_msg() noexcept {
         for (Connection* c = live_head_; c != nullptr; c = c->live_next) {
             if (c->token == msg.token && c->ep_fast != nullptr) {
                 c->last_heard = Clock::now();
+                c->fast_confirmed = true;
+                if (c->sock_reset_pending) {  // the reset was the server retiring ep_sock
+                    c->sock_reset_pending = false;
+                    disarm_timer(&c->grace_timer);
+                    c->events |= kEvRetireSock;
+                    defer(c);
+                }
                 break;
             }
         }
@@ -765,7 +816,7 @@ void Engine::heartbeat_tick() noexcept {
         Connection* next = c->live_next;
         if (c->ep_fast != nullptr) {
             any = true;
-            if (now - c->last_heard > opts_.peer_timeout) {
+            if ((!c->is_client || c->fast_confirmed) && now - c->last_heard > opts_.peer_timeout) {
                 BTSP_LOG_WARN("%s not heard from for %lld ms: connection considered lost", c->peer.c_str(),
                               static_cast<long long>(
                                   std::chrono::duration_cast<std::chrono::milliseconds>(now - c->last_heard).count()));
@@ -832,6 +883,10 @@ void Engine::process_deferred() noexcept {
         if (conn->events & kEvOfferArrived) {
             conn->events = static_cast<std::uint8_t>(conn->events & ~kEvOfferArrived);
             handle_offer(conn);
+        }
+        if (conn->events & kEvByeSent) {
+            conn->events = static_cast<std::uint8_t>(conn->events & ~kEvByeSent);
+            if (conn->close_deferred) close_endpoints(conn);
         }
         if (conn->events & kEvRetireSock) {
             conn->events = static_cast<std::uint8_t>(conn->events & ~kEvRetireSock);
@@ -922,6 +977,30 @@ void Engine::close_connection(Connection* conn, bool force) noexcept {
     if (conn->error == UCS_OK || conn->error == UCS_ERR_CANCELED) send_bye(conn);
     conn->phase = ConnPhase::CLOSING;
     conn->close_forced = force;
+    if (force && conn->bye_pending) {
+        // A forced close drops what is queued on the endpoint, the BYE too (it waits behind
+        // the pending sends' rendezvous messages): close once it has left, or after 100 ms.
+        conn->close_deferred = true;
+        conn->close_deadline = Clock::now() + std::chrono::milliseconds(100);
+        arm_conn_timer(&conn->grace_timer, conn,
+                       [](TimerNode* t) noexcept {
+                           auto* c = static_cast<Connection*>(t->ctx);
+                           c->engine->close_endpoints(c);
+                           c->engine->maybe_free(c);
+                       },
+                       std::chrono::milliseconds(100));
+        return;
+    }
+    close_endpoints(conn);
+}
+
+void Engine::close_endpoints(Connection* conn) noexcept {
+    if (conn->phase != ConnPhase::CLOSING || conn->closes_pending != 0 ||
+        (conn->ep_fast == nullptr && conn->ep_sock == nullptr && !conn->close_deferred))
+        return;
+    conn->close_deferred = false;
+    disarm_timer(&conn->grace_timer);
+    const bool force = conn->close_forced;
     auto close_one = [&](ucp_ep_h& ep, void*& req_slot, ucp_send_nbx_callback_t cb) {
         if (ep == nullptr) return;
         ucs_status_ptr_t sp = close_endpoint(ep, conn, cb, force);
@@ -950,7 +1029,7 @@ void Engine::on_close_done(Connection* conn) noexcept {
 void Engine::maybe_free(Connection* conn) noexcept {
     if (tearing_down_) return;  // teardown frees every connection at its end
     if (conn->phase != ConnPhase::CLOSED || conn->ucx_refs != 0 || conn->tracked_ops != 0 ||
-        conn->in_deferred_list)
+        conn->in_deferred_list || conn->close_deferred)
         return;
     if (conn->all_prev) conn->all_prev->all_next = conn->all_next; else all_head_ = conn->all_next;
     if (conn->all_next) conn->all_next->all_prev = conn->all_prev;

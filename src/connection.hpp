@@ -27,6 +27,7 @@ enum class ConnPhase : std::uint8_t {
 enum ConnEvent : std::uint8_t {
     kEvOfferArrived = 1u << 0,  // client: the OFFER receive completed
     kEvRetireSock = 1u << 1,    // the peer retired the sockaddr endpoint: close ours
+    kEvByeSent = 1u << 2,       // our BYE left: the deferred forced close may proceed
 };
 
 class Connection {
@@ -51,6 +52,8 @@ public:
     bool sock_flushed = false;         // client: sockaddr wire-up done
     bool offer_arrived = false;        // client: OFFER handled
     bool accept_pending = false;       // client: ACCEPT waits for the sockaddr wire-up
+    bool fast_confirmed = false;       // client: the server's first PING arrived (it uses ep_fast)
+    bool sock_reset_pending = false;   // client: sockaddr reset seen before that confirmation
     std::uint8_t events = 0;           // ConnEvent bits waiting for process_deferred()
     int pending_sends = 0;             // user sends with a pending UCX request
     int ucx_refs = 0;                  // UCX requests whose user_data is this object
@@ -59,6 +62,9 @@ public:
     void* close_req_sock = nullptr;
     void* close_req_fast = nullptr;
     bool close_forced = false;
+    bool bye_pending = false;          // our BYE's send has not completed yet
+    bool close_deferred = false;       // forced close waits for the BYE (or close_deadline)
+    std::chrono::steady_clock::time_point close_deadline{};
 
     // client: the OFFER receive
     std::vector<std::uint8_t> ctrl_in;

@@ -369,21 +369,34 @@ void Engine::teardown() noexcept {
         if (conn->offer_req != nullptr) ucp_request_cancel(worker_, conn->offer_req);
 
     // Close every endpoint: gracefully when nothing is pending (so the peer sees a clean
-    // close), forced when sends are pending (a flush-close with an unmatched rendezvous
-    // send aborts UCX 1.13) or the connection is not open.
+    // close, and the BYE queued behind a still-running wire-up gets out), forced when
+    // sends are pending (a flush-close with an unmatched rendezvous send aborts UCX 1.13)
+    // or the connection is failed / half-made. Stuck graceful closes are abandoned after
+    // close_timeout below.
     for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
-        if (conn->phase != ConnPhase::CLOSING && conn->phase != ConnPhase::CLOSED)
-            close_connection(conn, conn->pending_sends > 0 || conn->phase != ConnPhase::OPEN);
+        if (conn->phase == ConnPhase::CLOSING || conn->phase == ConnPhase::CLOSED) continue;
+        const bool graceful = conn->pending_sends == 0 &&
+                              (conn->phase == ConnPhase::OPEN || conn->phase == ConnPhase::HANDSHAKE);
+        close_connection(conn, !graceful);
     }
     deferred_head_ = nullptr;
 
     auto all_closed = [this] {
         for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
-            if (conn->closes_pending > 0) return false;
+            if (conn->closes_pending > 0 || conn->close_deferred) return false;
         return tracked_head_ == nullptr;
     };
+    // Forced closes wait for their BYE (see close_connection); timers do not run here.
+    auto run_deferred_closes = [this] {
+        const auto now = Clock::now();
+        for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
+            if (conn->close_deferred && (!conn->bye_pending || now >= conn->close_deadline)) close_endpoints(conn);
+    };
     const auto graceful_deadline = Clock::now() + opts_.close_timeout;
-    while (!all_closed() && Clock::now() < graceful_deadline) ucp_worker_progress(worker_);
+    while (!all_closed() && Clock::now() < graceful_deadline) {
+        ucp_worker_progress(worker_);
+        run_deferred_closes();
+    }
     if (!all_closed()) {
         // A live peer that does not progress blocks a flush-close: abandon those closes
         // and force-close their endpoints' remaining work.
@@ -400,6 +413,8 @@ void Engine::teardown() noexcept {
                 conn->phase = ConnPhase::CLOSED;
             }
         }
+        for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
+            if (conn->close_deferred) close_endpoints(conn);
         const auto forced_deadline = Clock::now() + std::chrono::milliseconds(200);
         while (!all_closed() && Clock::now() < forced_deadline) ucp_worker_progress(worker_);
     }

@@ -151,10 +151,12 @@ public:
     void flush_fast(Connection* c) noexcept;
     void link_connection(Connection* c) noexcept;
     void defer(Connection* c) noexcept;
+    void defer_connection(Connection* c) noexcept;  // for UCX callbacks
     void arm_conn_timer(TimerNode* t, Connection* c, void (*fire)(TimerNode*) noexcept,
                         std::chrono::milliseconds after) noexcept;
     void finish(Operation* op, ucs_status_t status, std::size_t length, std::uint64_t sender_tag) noexcept;
     void close_connection(Connection* c, bool force) noexcept;
+    void close_endpoints(Connection* c) noexcept;
     void maybe_free(Connection* c) noexcept;
     void accept(ucp_conn_request_h req) noexcept;
     void add_live(Connection* c) noexcept;
