@@ -308,18 +308,7 @@ void Engine::start_connect(Operation* op) noexcept {
     }
 
     // UCX reports no "connected" event: a flush completes once wire-up is done.
-    ucp_request_param_t p;
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = &sock_flush_callback;
-    p.user_data = conn;
-    ucs_status_ptr_t sp = ucp_ep_flush_nbx(conn->ep_sock, &p);
-    if (sp == nullptr) {
-        on_sock_flushed(conn, UCS_OK);
-    } else if (UCS_PTR_IS_ERR(sp)) {
-        on_connection_error(conn, UCS_PTR_STATUS(sp));
-    } else {
-        ++conn->ucx_refs;
-    }
+    flush_endpoint(conn, conn->ep_sock, &sock_flush_callback, &Engine::on_sock_flushed);
 }
 
 // UCX 1.13 mis-sizes eager messages posted on an endpoint whose wire-up is not finished
@@ -418,13 +407,20 @@ void Engine::handle_offer(Connection* conn) noexcept {
 }
 
 void Engine::flush_fast(Connection* conn) noexcept {
+    flush_endpoint(conn, conn->ep_fast, &fast_flush_callback, &Engine::on_fast_flushed);
+}
+
+// Flushes `ep`: `done` runs when its wire-up (and anything sent) has completed, at once if
+// nothing was pending; a failure is a connection error.
+void Engine::flush_endpoint(Connection* conn, ucp_ep_h ep, ucp_send_nbx_callback_t cb,
+                            void (Engine::*done)(Connection*, ucs_status_t) noexcept) noexcept {
     ucp_request_param_t p;
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = &fast_flush_callback;
+    p.cb.send = cb;
     p.user_data = conn;
-    ucs_status_ptr_t sp = ucp_ep_flush_nbx(conn->ep_fast, &p);
+    ucs_status_ptr_t sp = ucp_ep_flush_nbx(ep, &p);
     if (sp == nullptr) {
-        on_fast_flushed(conn, UCS_OK);
+        (this->*done)(conn, UCS_OK);
     } else if (UCS_PTR_IS_ERR(sp)) {
         on_connection_error(conn, UCS_PTR_STATUS(sp));
     } else {
@@ -634,18 +630,7 @@ void Engine::accept(ucp_conn_request_h req) noexcept {
     }
     conn->phase = ConnPhase::HANDSHAKE;
     conn->token = token_seed_ ^ (conn->id * 0x9E3779B97F4A7C15ull);
-    ucp_request_param_t p;
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = &sock_flush_callback;
-    p.user_data = conn;
-    ucs_status_ptr_t sp = ucp_ep_flush_nbx(conn->ep_sock, &p);
-    if (sp == nullptr) {
-        on_sock_flushed(conn, UCS_OK);
-    } else if (UCS_PTR_IS_ERR(sp)) {
-        on_connection_error(conn, UCS_PTR_STATUS(sp));
-    } else {
-        ++conn->ucx_refs;
-    }
+    flush_endpoint(conn, conn->ep_sock, &sock_flush_callback, &Engine::on_sock_flushed);
 }
 
 bool Engine::send_ctrl(Connection* conn, CtrlType type) noexcept {

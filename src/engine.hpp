@@ -149,6 +149,8 @@ public:
     bool send_ctrl(Connection* c, CtrlType type) noexcept;
     void become_open(Connection* c) noexcept;
     void flush_fast(Connection* c) noexcept;
+    void flush_endpoint(Connection* c, ucp_ep_h ep, ucp_send_nbx_callback_t cb,
+                        void (Engine::*done)(Connection*, ucs_status_t) noexcept) noexcept;
     void link_connection(Connection* c) noexcept;
     void defer(Connection* c) noexcept;
     void defer_connection(Connection* c) noexcept;  // for UCX callbacks
