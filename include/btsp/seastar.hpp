@@ -18,6 +18,7 @@
 // and reactor::alien().
 #pragma once
 
+#include <btsp/log.hpp>
 #include <btsp/manager.hpp>
 #include <btsp/task.hpp>
 #include <btsp/types.hpp>
@@ -168,7 +169,7 @@ public:
     seastar::future<bool> send_data_async(void* data, std::size_t size, std::uint64_t tag) {
         return seastar_ops::tag_send(rdma_manager, data, size, tag).then([](RdmaOpResult r) {
             if (!r.success()) {
-                std::fprintf(stderr, "RDMA 发送失败: %s\n", std::string(r.reason()).c_str());
+                BTSP_LOG_WARN("RDMA 发送失败: %s", std::string(r.reason()).c_str());
                 return false;
             }
             return true;
