@@ -88,12 +88,17 @@ void close_sock_callback(void* request, ucs_status_t /*status*/, void* user_data
     conn->engine->on_close_done(conn);
 }
 
-ucs_status_ptr_t close_endpoint(ucp_ep_h ep, Connection* conn, ucp_send_nbx_callback_t cb, bool force) {
+// Always UCP_EP_CLOSE_FLAG_FORCE: UCX 1.13 destroys an endpoint closed without it only
+// once the peer's side is gone too, so against a live peer it (and the peer's shared
+// memory it maps) would stay until the worker is destroyed. A graceful close flushes
+// first (begin_close).
+ucs_status_ptr_t close_endpoint(ucp_ep_h ep, Connection* conn, ucp_send_nbx_callback_t cb) {
     ucp_request_param_t p;
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
     p.cb.send = cb;
     p.user_data = conn;
-    p.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    conn->engine->endpoint_closed();
     return ucp_ep_close_nbx(ep, &p);
 }
 
@@ -103,6 +108,22 @@ void close_fast_callback(void* request, ucs_status_t /*status*/, void* user_data
     conn->close_req_fast = nullptr;
     --conn->ucx_refs;
     conn->engine->on_close_done(conn);
+}
+
+void close_flush_sock_callback(void* request, ucs_status_t /*status*/, void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    ucp_request_free(request);
+    conn->close_req_sock = nullptr;
+    --conn->ucx_refs;
+    conn->engine->on_close_flushed(conn, false);
+}
+
+void close_flush_fast_callback(void* request, ucs_status_t /*status*/, void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    ucp_request_free(request);
+    conn->close_req_fast = nullptr;
+    --conn->ucx_refs;
+    conn->engine->on_close_flushed(conn, true);
 }
 
 std::string format_addr(const sockaddr* sa) {
@@ -170,7 +191,9 @@ ucs_status_t create_ep_from_address(ucp_worker_h worker, const std::uint8_t* add
     p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     p.err_handler.cb = &ep_error_callback;
     p.err_handler.arg = conn;
-    return ucp_ep_create(worker, &p, ep);
+    const ucs_status_t st = ucp_ep_create(worker, &p, ep);
+    if (st == UCS_OK) conn->engine->endpoint_created();
+    return st;
 }
 
 }  // namespace
@@ -257,6 +280,7 @@ void Engine::start_connect(Operation* op) noexcept {
     ep.err_handler.cb = &ep_error_callback;
     ep.err_handler.arg = conn;
     const ucs_status_t st = ucp_ep_create(worker_, &ep, &conn->ep_sock);
+    if (st == UCS_OK) endpoint_created();
     if (st != UCS_OK) {
         BTSP_LOG_WARN("connect to %s: ucp_ep_create: %s", conn->peer.c_str(), ucs_status_string(st));
         delete conn;
@@ -500,19 +524,67 @@ void Engine::become_open(Connection* conn) noexcept {
 
 void Engine::retire_sock(Connection* conn) noexcept {
     if (conn->ep_sock == nullptr) return;
-    ucs_status_ptr_t sp = close_endpoint(conn->ep_sock, conn, &close_sock_callback, false);
-    conn->ep_sock = nullptr;
-    if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) {
-        conn->close_req_sock = sp;
+    begin_close(conn, false, true);
+}
+
+// Starts closing ep_fast or ep_sock (which becomes nullptr at once). Graceful: flush the
+// endpoint, then force-close it (on_close_flushed); else force-close it now. Either way
+// closes_pending counts it until UCX is done.
+void Engine::begin_close(Connection* conn, bool fast, bool graceful) noexcept {
+    ucp_ep_h& ep = fast ? conn->ep_fast : conn->ep_sock;
+    void*& slot = fast ? conn->close_req_fast : conn->close_req_sock;
+    if (ep == nullptr) return;
+    const ucp_ep_h e = ep;
+    ep = nullptr;
+    if (graceful) {
+        ucp_request_param_t p;
+        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+        p.cb.send = fast ? &close_flush_fast_callback : &close_flush_sock_callback;
+        p.user_data = conn;
+        ucs_status_ptr_t sp = ucp_ep_flush_nbx(e, &p);
+        if (UCS_PTR_IS_PTR(sp)) {
+            (fast ? conn->flushing_fast : conn->flushing_sock) = e;
+            slot = sp;
+            ++conn->ucx_refs;
+            ++conn->closes_pending;
+            return;
+        }
+        // Flushed already, or failed (nothing left to deliver): close now.
+    }
+    ucs_status_ptr_t sp = close_endpoint(e, conn, fast ? &close_fast_callback : &close_sock_callback);
+    if (UCS_PTR_IS_ERR(sp)) {
+        BTSP_LOG_DEBUG("closing %s: %s", conn->peer.c_str(), ucs_status_string(UCS_PTR_STATUS(sp)));
+    } else if (sp != nullptr) {
+        slot = sp;
         ++conn->ucx_refs;
         ++conn->closes_pending;
     }
 }
 
+void Engine::on_close_flushed(Connection* conn, bool fast) noexcept {
+    ucp_ep_h& flushing = fast ? conn->flushing_fast : conn->flushing_sock;
+    const ucp_ep_h e = flushing;
+    flushing = nullptr;
+    if (e != nullptr) {
+        ucs_status_ptr_t sp = close_endpoint(e, conn, fast ? &close_fast_callback : &close_sock_callback);
+        if (UCS_PTR_IS_PTR(sp)) {  // closes_pending still counts this endpoint
+            (fast ? conn->close_req_fast : conn->close_req_sock) = sp;
+            ++conn->ucx_refs;
+            return;
+        }
+    }
+    on_close_done(conn);
+}
+
 void Engine::on_endpoint_error(Connection* conn, ucp_ep_h ep, ucs_status_t status) noexcept {
+    BTSP_LOG_DEBUG("%s: error on its %s endpoint: %s", conn->peer.c_str(),
+                   ep == conn->ep_fast ? "worker-address" : ep == conn->ep_sock ? "sockaddr" : "closed",
+                   ucs_status_string(status));
     if (conn->ep_fast != nullptr && ep != conn->ep_fast) {
-        // The sockaddr endpoint after the data moved: a reset is the peer retiring it.
-        if (ep == conn->ep_sock && status == UCS_ERR_CONNECTION_RESET && conn->phase == ConnPhase::OPEN) {
+        // The sockaddr endpoint after the data moved: an error is the peer retiring it (a
+        // flush then a forced close: seen here as a reset or, depending on timing, an
+        // endpoint timeout). A real loss shows on the data endpoint and the heartbeat.
+        if (ep == conn->ep_sock && conn->phase == ConnPhase::OPEN) {
             if (!conn->is_client || conn->fast_confirmed) {
                 conn->events |= kEvRetireSock;
                 defer(conn);
@@ -617,6 +689,7 @@ void Engine::accept(ucp_conn_request_h req) noexcept {
     ep.err_handler.cb = &ep_error_callback;
     ep.err_handler.arg = conn;
     const ucs_status_t st = ucp_ep_create(worker_, &ep, &conn->ep_sock);
+    if (st == UCS_OK) endpoint_created();
     if (st != UCS_OK) {
         BTSP_LOG_WARN("accepting %s: ucp_ep_create: %s", conn->peer.c_str(), ucs_status_string(st));
         delete conn;
@@ -877,13 +950,7 @@ void Engine::process_deferred() noexcept {
             conn->events = static_cast<std::uint8_t>(conn->events & ~kEvRetireSock);
             if (conn->phase == ConnPhase::OPEN) {
                 // Force: the peer already closed its side, a flush would wait for nothing.
-                ucs_status_ptr_t sp = close_endpoint(conn->ep_sock, conn, &close_sock_callback, true);
-                conn->ep_sock = nullptr;
-                if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) {
-                    conn->close_req_sock = sp;
-                    ++conn->ucx_refs;
-                    ++conn->closes_pending;
-                }
+                begin_close(conn, false, false);
             }
         }
         if (conn->phase == ConnPhase::FAILED) {
@@ -980,28 +1047,15 @@ void Engine::close_connection(Connection* conn, bool force) noexcept {
 }
 
 void Engine::close_endpoints(Connection* conn) noexcept {
-    if (conn->phase != ConnPhase::CLOSING || conn->closes_pending != 0 ||
-        (conn->ep_fast == nullptr && conn->ep_sock == nullptr && !conn->close_deferred))
-        return;
+    // Not gated on closes_pending: a close already under way (the server retiring its
+    // sockaddr endpoint) must not keep the data endpoint open — UCX would keep it, and
+    // the peer's shared-memory segments it maps, for the life of the worker.
+    if (conn->phase != ConnPhase::CLOSING) return;
     conn->close_deferred = false;
     disarm_timer(&conn->grace_timer);
-    const bool force = conn->close_forced;
-    auto close_one = [&](ucp_ep_h& ep, void*& req_slot, ucp_send_nbx_callback_t cb) {
-        if (ep == nullptr) return;
-        ucs_status_ptr_t sp = close_endpoint(ep, conn, cb, force);
-        ep = nullptr;
-        if (sp == nullptr || UCS_PTR_IS_ERR(sp)) {
-            if (UCS_PTR_IS_ERR(sp))
-                BTSP_LOG_DEBUG("closing %s: %s", conn->peer.c_str(), ucs_status_string(UCS_PTR_STATUS(sp)));
-            return;
-        }
-        req_slot = sp;
-        ++conn->ucx_refs;
-        ++conn->closes_pending;
-    };
     // The data endpoint first: its pending sends end before the liveness one goes.
-    close_one(conn->ep_fast, conn->close_req_fast, &close_fast_callback);
-    close_one(conn->ep_sock, conn->close_req_sock, &close_sock_callback);
+    begin_close(conn, true, !conn->close_forced);
+    begin_close(conn, false, !conn->close_forced);
     if (conn->closes_pending == 0) conn->phase = ConnPhase::CLOSED;
 }
 

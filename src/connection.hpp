@@ -61,6 +61,8 @@ public:
     int closes_pending = 0;            // endpoint closes not finished yet
     void* close_req_sock = nullptr;
     void* close_req_fast = nullptr;
+    ucp_ep_h flushing_sock = nullptr;  // graceful close: flushed first, then force-closed
+    ucp_ep_h flushing_fast = nullptr;
     bool close_forced = false;
     bool bye_pending = false;          // our BYE's send has not completed yet
     bool close_deferred = false;       // forced close waits for the BYE (or close_deadline)

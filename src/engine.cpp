@@ -411,6 +411,16 @@ void Engine::teardown() noexcept {
                 }
                 conn->closes_pending = 0;
                 conn->phase = ConnPhase::CLOSED;
+                // A graceful close still flushing: force-close that endpoint now.
+                for (bool fast : {true, false}) {
+                    ucp_ep_h& e = fast ? conn->flushing_fast : conn->flushing_sock;
+                    if (e == nullptr) continue;
+                    (fast ? conn->ep_fast : conn->ep_sock) = e;
+                    e = nullptr;
+                    conn->phase = ConnPhase::CLOSING;
+                    begin_close(conn, fast, false);
+                }
+                if (conn->closes_pending == 0) conn->phase = ConnPhase::CLOSED;
             }
         }
         for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
@@ -1208,6 +1218,9 @@ MetricsSnapshot Engine::metrics() const noexcept {
     s.in_flight_sends = sends_in_flight_.load(std::memory_order_relaxed);
     s.in_flight_recvs = recvs_in_flight_.load(std::memory_order_relaxed);
     s.live_connections = live_count_.load(std::memory_order_relaxed);
+    const std::uint64_t created = eps_created_.load(std::memory_order_relaxed);
+    const std::uint64_t closed = eps_closed_.load(std::memory_order_relaxed);
+    s.open_endpoints = created > closed ? created - closed : 0;
     return s;
 }
 

@@ -136,6 +136,8 @@ public:
     void abort_connect(Connection* c, RdmaResult r, ucs_status_t status, const char* why) noexcept;
     void on_grace_expired(Connection* c) noexcept;
     void on_close_done(Connection* c) noexcept;
+    void on_close_flushed(Connection* c, bool fast) noexcept;
+    void begin_close(Connection* c, bool fast, bool graceful) noexcept;
     void process_deferred() noexcept;
     void handle_offer(Connection* c) noexcept;
     void handle_accept_msg() noexcept;
@@ -163,6 +165,8 @@ public:
     void accept(ucp_conn_request_h req) noexcept;
     void add_live(Connection* c) noexcept;
     void remove_live(Connection* c) noexcept;
+    void endpoint_created() noexcept { bump(eps_created_); }
+    void endpoint_closed() noexcept { bump(eps_closed_); }
 
 private:
     friend class ::btsp::CoroutineRdmaManager;
@@ -232,6 +236,8 @@ private:
     std::atomic<std::uint64_t> conns_opened_{0};
     std::atomic<std::uint64_t> conns_lost_{0};
     std::atomic<std::uint64_t> conns_rejected_{0};
+    std::atomic<std::uint64_t> eps_created_{0};  // ucp_ep_create successes (owner only)
+    std::atomic<std::uint64_t> eps_closed_{0};   // ucp_ep_close_nbx calls (owner only)
     std::uint32_t sample_counter_ = 0;
     std::atomic<std::uint16_t> listen_port_{0};
     std::atomic<ucp_ep_h> primary_ep_{nullptr};

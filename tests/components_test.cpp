@@ -171,14 +171,14 @@ TEST(ConnectionPool, WaitsWhenFullReusesAndReplacesDead) {
     CoroutineRdmaManager* a = pool.acquire_connection("127.0.0.1", port);
     CoroutineRdmaManager* b = pool.acquire_connection("127.0.0.1", port);
     ASSERT_TRUE(a && b && a != b);
-    EXPECT_TRUE(a->is_connected() && b->is_connected()) << "the pool hands out connected managers";
+    ASSERT_TRUE(a->is_connected() && b->is_connected()) << "the pool hands out connected managers";
     auto third = start(pool.acquire("127.0.0.1", port));
     std::this_thread::sleep_for(100ms);
     EXPECT_FALSE(third->ready()) << "full: the third caller waits instead of getting nullptr";
     pool.release_connection(a);
     auto got = third->wait_for(5s);
     ASSERT_TRUE(got.has_value());
-    EXPECT_EQ(*got, a) << "the released connection is reused";
+    ASSERT_EQ(*got, a) << "the released connection is reused";
     pool.release_connection(b);
     pool.release_connection(a);
     ASSERT_TRUE(await_within(server.disconnect(), 5s)->success());  // every pooled connection dies

@@ -50,6 +50,10 @@ struct MetricsSnapshot {
     std::uint64_t in_flight_sends = 0;
     std::uint64_t in_flight_recvs = 0;
     std::uint64_t live_connections = 0;
+    /// UCX endpoints this manager holds and has not yet handed back to UCX for closing
+    /// (a btsp connection holds two while its handshake runs, one after). Back to 0 once
+    /// every connection has closed: a number that only grows is a leak.
+    std::uint64_t open_endpoints = 0;
 
     /// Prometheus text exposition format (version 0.0.4). `labels` is inserted into every
     /// sample, e.g. `manager="kv0"`.

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <sstream>
 
 #include <algorithm>
 #include <cstdio>
@@ -50,11 +51,21 @@ RdmaTask<std::string> cycle(CoroutineRdmaManager& c, std::uint16_t port, std::ui
 TEST(FaultChurn, ConnectExchangeDisconnectCyclesLeakNothing) {
     const long cycles = env_long("BTSP_CHURN_CYCLES", 1000);
     constexpr long kWarmup = 100;
-    auto server_proc = spawn_peer({"server"});
-    ASSERT_TRUE(server_proc->started()) << server_proc->error();
-    const std::uint16_t server_port = server_proc->read_port(10s);
+    // BTSP_CHURN_SERVER_PID + BTSP_CHURN_SERVER_PORT: churn against a server started by hand
+    // (e.g. `heaptrack btsp_fault_peer server`) instead of spawning one, to profile it.
+    std::unique_ptr<btsp_test::ChildProcess> server_proc;
+    long server_pid = env_long("BTSP_CHURN_SERVER_PID", 0);
+    std::uint16_t server_port = static_cast<std::uint16_t>(env_long("BTSP_CHURN_SERVER_PORT", 0));
+    if (server_pid == 0 || server_port == 0) {
+        // Outlive the run's time budget (the peer exits by itself after 180 s by default).
+        server_proc = spawn_peer({"server"},
+                                 {"BTSP_PEER_LIFETIME_S=" + std::to_string(env_long("BTSP_CHURN_BUDGET_S", 85) + 120)});
+        ASSERT_TRUE(server_proc->started()) << server_proc->error();
+        server_port = server_proc->read_port(10s);
+        server_pid = server_proc->pid();
+    }
     ASSERT_NE(server_port, 0);
-    const std::string proc = "/proc/" + std::to_string(server_proc->pid());
+    const std::string proc = "/proc/" + std::to_string(server_pid);
     auto server_fds = [&] { return count_dir((proc + "/fd").c_str()); };
     auto server_threads = [&] { return count_dir((proc + "/task").c_str()); };
     auto server_rss = [&] {
@@ -118,6 +129,23 @@ TEST(FaultChurn, ConnectExchangeDisconnectCyclesLeakNothing) {
                 sthr0, sthr1, srss0, srss1);
     EXPECT_EQ(sfds1, sfds0);
     EXPECT_EQ(sthr1, sthr0);
+    // Every UCX endpoint is handed back: the server once kept each accepted connection's
+    // data endpoint (and its mapping of the client's shared memory, ~6 KiB of RSS each).
+    if (server_proc) {
+        long server_eps = -1;
+        auto parse = [&](const std::string& rest) {
+            std::istringstream in(rest);
+            long slot = 0, served = 0, conns = 0, eps = -1;
+            if (in >> slot >> served >> conns >> eps) server_eps = eps;
+        };
+        for (int k = 0; k < 100000; ++k) {  // drain what it printed during the run
+            auto line = server_proc->read_line(50ms);
+            if (!line) break;
+        }
+        if (auto line = server_proc->expect_line("SERVED ", 2s)) parse(*line);  // a fresh one
+        EXPECT_EQ(server_eps, 0) << "the server still holds UCX endpoints";
+    }
+    EXPECT_EQ(client.metrics().open_endpoints, 0u) << "the client still holds UCX endpoints";
     EXPECT_LT(static_cast<long>(srss1) - static_cast<long>(srss0), 8 * 1024);
     const double per_cycle = ms_since(tw) / static_cast<double>(done);
     EXPECT_GE(done, std::min(cycles, 300L)) << "too few cycles for a meaningful comparison";

@@ -8,7 +8,7 @@
 //       K managers (default 1), then echo: every message whose tag has upper 32 bits 1 is
 //       sent back with upper 32 bits 2 (same low bits). One manager per slot, because a
 //       server's tag_send always goes to its oldest connection: each client gets its own
-//       manager. Prints "SERVED <slot> <echoed> <live connections>" every 200 ms.
+//       manager. Prints "SERVED <slot> <echoed> <live connections> <open UCX endpoints>" every 200 ms.
 //   hold-server        listen, print "PORT <p>", "CONNECTED" once a client is there, then
 //                      never receive.
 //   hold HOST PORT     connect, print "CONNECTED", never receive.
@@ -26,7 +26,8 @@
 //       own tags for SECONDS; prints "PROGRESS ok=<n> ..." every 250 ms, "BAD <text>" on any
 //       corrupted / duplicated / misrouted echo, "FINAL ..." at the end; exit 0.
 //
-// Every mode exits by itself after 180 s (alarm), so a leaked peer cannot linger.
+// Every mode exits by itself after 180 s (alarm; BTSP_PEER_LIFETIME_S overrides), so a
+// leaked peer cannot linger.
 #include "soak_wire.hpp"
 
 #include <btsp/btsp.hpp>
@@ -155,7 +156,8 @@ int run_server(const ServerArgs& a, bool stream) {
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
         for (std::size_t i = 0; i < slots.size(); ++i)
             say("SERVED " + std::to_string(i) + " " + std::to_string(slots[i]->served.load()) + " " +
-                std::to_string(slots[i]->m->connection_count()));
+                std::to_string(slots[i]->m->connection_count()) + " " +
+                std::to_string(slots[i]->m->metrics().open_endpoints));
     }
 }
 
@@ -365,7 +367,10 @@ int usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
-    ::alarm(180);
+    // A leaked peer cannot linger: 180 s, or BTSP_PEER_LIFETIME_S for long runs.
+    const char* life = std::getenv("BTSP_PEER_LIFETIME_S");
+    const long life_s = life != nullptr ? std::atol(life) : 0;
+    ::alarm(life_s > 0 && life_s < 86400 ? static_cast<unsigned>(life_s) : 180u);
     if (argc < 2) return usage();
     const std::string mode = argv[1];
     if (mode == "server") return run_server(parse_server(argc, argv, 2), false);
