@@ -115,7 +115,8 @@ void close_flush_sock_callback(void* request, ucs_status_t /*status*/, void* use
     ucp_request_free(request);
     conn->close_req_sock = nullptr;
     --conn->ucx_refs;
-    conn->engine->on_close_flushed(conn, false);
+    conn->events |= kEvSockFlushed;  // closing from inside a UCX callback aborts UCX: defer
+    conn->engine->defer_connection(conn);
 }
 
 void close_flush_fast_callback(void* request, ucs_status_t /*status*/, void* user_data) {
@@ -123,7 +124,8 @@ void close_flush_fast_callback(void* request, ucs_status_t /*status*/, void* use
     ucp_request_free(request);
     conn->close_req_fast = nullptr;
     --conn->ucx_refs;
-    conn->engine->on_close_flushed(conn, true);
+    conn->events |= kEvFastFlushed;
+    conn->engine->defer_connection(conn);
 }
 
 std::string format_addr(const sockaddr* sa) {
@@ -561,19 +563,32 @@ void Engine::begin_close(Connection* conn, bool fast, bool graceful) noexcept {
     }
 }
 
+// After progress returned (never inside the flush callback: ucp_ep_close_nbx there
+// re-enters the endpoint's pending queue while UCX dispatches it and aborts in arbiter.c).
+void Engine::close_flushed(Connection* conn) noexcept {
+    for (bool fast : {true, false}) {
+        const std::uint8_t bit = fast ? kEvFastFlushed : kEvSockFlushed;
+        if ((conn->events & bit) == 0) continue;
+        conn->events = static_cast<std::uint8_t>(conn->events & ~bit);
+        on_close_flushed(conn, fast);
+    }
+}
+
 void Engine::on_close_flushed(Connection* conn, bool fast) noexcept {
     ucp_ep_h& flushing = fast ? conn->flushing_fast : conn->flushing_sock;
     const ucp_ep_h e = flushing;
+    if (e == nullptr) return;  // already force-closed (shutdown abandoned the flush)
     flushing = nullptr;
-    if (e != nullptr) {
-        ucs_status_ptr_t sp = close_endpoint(e, conn, fast ? &close_fast_callback : &close_sock_callback);
-        if (UCS_PTR_IS_PTR(sp)) {  // closes_pending still counts this endpoint
-            (fast ? conn->close_req_fast : conn->close_req_sock) = sp;
-            ++conn->ucx_refs;
-            return;
-        }
+    ucs_status_ptr_t sp = close_endpoint(e, conn, fast ? &close_fast_callback : &close_sock_callback);
+    if (UCS_PTR_IS_PTR(sp)) {  // closes_pending still counts this endpoint
+        (fast ? conn->close_req_fast : conn->close_req_sock) = sp;
+        ++conn->ucx_refs;
+        return;
     }
-    on_close_done(conn);
+    // Closed at once. Not on_close_done(): that may free `conn`, which our callers
+    // (process_deferred, teardown) still use; they free it afterwards.
+    if (conn->closes_pending > 0) --conn->closes_pending;
+    if (conn->closes_pending == 0 && conn->phase == ConnPhase::CLOSING) conn->phase = ConnPhase::CLOSED;
 }
 
 void Engine::on_endpoint_error(Connection* conn, ucp_ep_h ep, ucs_status_t status) noexcept {
@@ -942,6 +957,7 @@ void Engine::process_deferred() noexcept {
             conn->events = static_cast<std::uint8_t>(conn->events & ~kEvOfferArrived);
             handle_offer(conn);
         }
+        if (conn->events & (kEvFastFlushed | kEvSockFlushed)) close_flushed(conn);
         if (conn->events & kEvByeSent) {
             conn->events = static_cast<std::uint8_t>(conn->events & ~kEvByeSent);
             if (conn->close_deferred) close_endpoints(conn);

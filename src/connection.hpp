@@ -28,6 +28,8 @@ enum ConnEvent : std::uint8_t {
     kEvOfferArrived = 1u << 0,  // client: the OFFER receive completed
     kEvRetireSock = 1u << 1,    // the peer retired the sockaddr endpoint: close ours
     kEvByeSent = 1u << 2,       // our BYE left: the deferred forced close may proceed
+    kEvFastFlushed = 1u << 3,   // graceful close: ep_fast flushed, force-close it now
+    kEvSockFlushed = 1u << 4,   // graceful close: ep_sock flushed, force-close it now
 };
 
 class Connection {

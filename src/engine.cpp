@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <linux/membarrier.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -20,6 +21,7 @@
 #include <cerrno>
 #include <ctime>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -38,11 +40,63 @@ constexpr int kMaxBlockedThreads = 32;
 
 using Clock = std::chrono::steady_clock;
 
+// Worker ownership uses an asymmetric Dekker handshake: the owner (every operation,
+// every resume) writes its mode with a plain store and reads `takeover_` after a mere
+// compiler barrier; the watchdog (rarely) writes `takeover_`, then runs
+// membarrier(PRIVATE_EXPEDITED), which executes a full barrier on every running thread of
+// the process, then reads the owner's mode. Either the watchdog sees the owner's new
+// mode or the owner sees the takeover request; never neither. Without membarrier (old
+// kernel, seccomp) both sides use a full fence instead.
+bool register_membarrier() noexcept {
+    if (const char* off = std::getenv("BTSP_NO_MEMBARRIER"); off != nullptr && off[0] == '1') return false;
+    const long cmds = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (cmds < 0 || (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return false;
+    return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+
+bool have_membarrier() noexcept {
+    static const bool ok = register_membarrier();  // thread-safe, once per process
+    return ok;
+}
+
+inline void light_barrier(bool asymmetric) noexcept {
+    if (asymmetric) std::atomic_signal_fence(std::memory_order_seq_cst);
+    else std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+void heavy_barrier(bool asymmetric) noexcept {
+    if (!asymmetric || ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 }  // namespace
 
 ThreadCtx* current_thread_ctx() noexcept { return tls_ctx; }
 
-Engine::Engine(const ManagerOptions& options) : opts_(options) {}
+Engine::Engine(const ManagerOptions& options) : opts_(options), asymmetric_(have_membarrier()) {}
+
+bool Engine::owner_enter(ThreadCtx* c, std::uint8_t mode) noexcept {
+    c->mode.store(mode, std::memory_order_relaxed);
+    light_barrier(asymmetric_);
+    if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c) [[likely]]
+        return true;
+    return owner_wait_decision(c);
+}
+
+// A hand-off is being decided (the watchdog is inside membarrier, microseconds): wait for
+// the outcome. After it the owner is either still us or the watchdog's thread.
+bool Engine::owner_wait_decision(ThreadCtx* c) noexcept {
+    for (unsigned spins = 0; takeover_.load(std::memory_order_acquire) != 0; ++spins) {
+        if (spins < 1024) cpu_relax(); else std::this_thread::yield();
+    }
+    return owner_.load(std::memory_order_acquire) == c;
+}
 
 Engine::~Engine() {
     if (epoll_fd_ >= 0) ::close(epoll_fd_);
@@ -221,7 +275,6 @@ bool Engine::initialize(bool server_mode, std::uint16_t port) {
 
     set_base_state(server_mode ? RdmaState::LISTENING : RdmaState::IDLE);
     running_.store(true, std::memory_order_release);
-    ctl_.store(ctl(1, kLoop), std::memory_order_release);
     try {
         spawn_thread(&Engine::owner_thread_main, 1);
     } catch (const std::exception& e) {
@@ -239,6 +292,8 @@ bool Engine::initialize(bool server_mode, std::uint16_t port) {
     }
     BTSP_LOG_DEBUG("initialized (%s, progress mode %s)", server_mode ? "server" : "client",
                    to_string(opts_.progress_mode).data());
+    BTSP_LOG_DEBUG("worker ownership: %s", asymmetric_ ? "membarrier (no locked instruction per operation)"
+                                                        : "full fences (membarrier unavailable)");
     return true;
 }
 
@@ -308,17 +363,16 @@ void Engine::shutdown() {
         return;
     }
     ThreadCtx* c = tls_ctx;
-    if (c != nullptr && c->engine == this) {
-        std::uint64_t expect = ctl(c->gen, kUser);
-        if (ctl_.compare_exchange_strong(expect, ctl(c->gen, kLib), std::memory_order_acquire,
-                                         std::memory_order_relaxed)) {
+    if (c != nullptr && c->engine == this && c->mode.load(std::memory_order_relaxed) == kUser) {
+        if (owner_enter(c, kLib)) {
             // Called from one of our own coroutines on the owning thread: tear down here;
             // the loop resumes the completed coroutines and exits when we return to it.
             teardown();
             stop_requested_.store(true, std::memory_order_release);
-            ctl_.store(ctl(c->gen, kUser), std::memory_order_release);
+            c->mode.store(kUser, std::memory_order_release);
             return;
         }
+        c->mode.store(kUser, std::memory_order_relaxed);
     }
     stop_requested_.store(true, std::memory_order_seq_cst);
     wake();
@@ -389,8 +443,10 @@ void Engine::teardown() noexcept {
     // Forced closes wait for their BYE (see close_connection); timers do not run here.
     auto run_deferred_closes = [this] {
         const auto now = Clock::now();
-        for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next)
+        for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
             if (conn->close_deferred && (!conn->bye_pending || now >= conn->close_deadline)) close_endpoints(conn);
+            close_flushed(conn);  // graceful closes whose flush completed: force-close now
+        }
     };
     const auto graceful_deadline = Clock::now() + opts_.close_timeout;
     while (!all_closed() && Clock::now() < graceful_deadline) {
@@ -412,6 +468,7 @@ void Engine::teardown() noexcept {
                 conn->closes_pending = 0;
                 conn->phase = ConnPhase::CLOSED;
                 // A graceful close still flushing: force-close that endpoint now.
+                conn->events = static_cast<std::uint8_t>(conn->events & ~(kEvFastFlushed | kEvSockFlushed));
                 for (bool fast : {true, false}) {
                     ucp_ep_h& e = fast ? conn->flushing_fast : conn->flushing_sock;
                     if (e == nullptr) continue;
@@ -531,6 +588,7 @@ void Engine::thread_exit() noexcept {
 void Engine::owner_thread_main(std::shared_ptr<Engine> self, std::uint64_t gen) {
     ThreadCtx ctx{self.get(), gen};
     tls_ctx = &ctx;
+    self->owner_.store(&ctx, std::memory_order_release);
     if (self->opts_.progress_cpu >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -581,24 +639,42 @@ char thread_state(int tid) noexcept {
 }  // namespace
 
 bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
-    std::uint64_t last_ctl = ~std::uint64_t{0};
+    ThreadCtx* last_owner = nullptr;
+    std::uint8_t last_mode = kLoop;
     std::uint64_t last_resumes = ~std::uint64_t{0};
     int stale_periods = 0;
     std::unique_lock<std::mutex> lock(threads_mutex_);
     while (!watchdog_stop_) {
         watchdog_cv_.wait_for(lock, opts_.handoff_threshold);
-        if (watchdog_stop_) break;
-        std::uint64_t s = ctl_.load(std::memory_order_acquire);
+        if (watchdog_stop_) break;  // checked under the lock: the owner's context is alive below
+        ThreadCtx* const owner = owner_.load(std::memory_order_acquire);
+        if (owner == nullptr) continue;
+        const std::uint8_t mode = owner->mode.load(std::memory_order_acquire);
         const std::uint64_t resumes = resume_count_.load(std::memory_order_relaxed) +
                                       lib_calls_.load(std::memory_order_relaxed);
-        const bool stale = (s & 3) == kUser && s == last_ctl && resumes == last_resumes;
+        const bool stale = mode == kUser && last_mode == kUser && owner == last_owner && resumes == last_resumes;
         stale_periods = stale ? stale_periods + 1 : 0;
         // Blocked (sleeping, waiting on a lock or I/O): take over after one period. Running
         // (CPU-bound user code, or just preempted on a busy machine): only after four.
         const bool blocked = stale && (stale_periods >= 4 || thread_state(owner_tid_.load(std::memory_order_relaxed)) != 'R');
         if (blocked && blocked_threads_.load(std::memory_order_relaxed) < kMaxBlockedThreads) {
-            const std::uint64_t gen = (s >> 2) + 1;
-            if (ctl_.compare_exchange_strong(s, ctl(gen, kLoop), std::memory_order_acq_rel)) {
+            // Announce, make every thread's earlier stores visible, then look again: if the
+            // owner is still in the same user code it cannot enter UCX without seeing the
+            // announcement (and waiting for this decision).
+            takeover_.store(1, std::memory_order_relaxed);
+            heavy_barrier(asymmetric_);
+            const bool still = owner->mode.load(std::memory_order_acquire) == kUser &&
+                               resume_count_.load(std::memory_order_relaxed) +
+                                       lib_calls_.load(std::memory_order_relaxed) ==
+                                   resumes;
+            if (still) {
+                const std::uint64_t gen = owner->gen + 1;
+                ctx->gen = gen;
+                ctx->mode.store(kLoop, std::memory_order_relaxed);
+                owner_.store(ctx, std::memory_order_release);
+            }
+            takeover_.store(0, std::memory_order_release);
+            if (still) {
                 // The blocked thread leaves the live count now; it retires on its own
                 // once its coroutine suspends.
                 blocked_threads_.fetch_add(1, std::memory_order_relaxed);
@@ -611,11 +687,11 @@ bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
                 } catch (...) {
                     BTSP_LOG_WARN("cannot start a new hand-off thread");
                 }
-                ctx->gen = gen;
                 return owner_loop(ctx);
             }
         }
-        last_ctl = s;
+        last_owner = owner;
+        last_mode = mode;
         last_resumes = resumes;
     }
     return false;
@@ -625,18 +701,14 @@ bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
 // so the watchdog may take it over; afterwards it claims it back. Returns false when the
 // worker was taken over meanwhile (the remaining ready list belongs to the new owner).
 bool Engine::run_ready(ThreadCtx* ctx) noexcept {
-    const std::uint64_t user = ctl(ctx->gen, kUser);
     while (ReadyNode* n = ready_head_) {
         ready_head_ = n->next_ready;
         if (ready_head_ == nullptr) ready_tail_ = nullptr;
         n->next_ready = nullptr;
-        ctl_.store(user, std::memory_order_release);
+        ctx->mode.store(kUser, std::memory_order_release);  // publishes the engine state
         resume_count_.store(resume_count_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         n->on_ready(n);
-        std::uint64_t expect = user;
-        if (!ctl_.compare_exchange_strong(expect, ctl(ctx->gen, kLoop), std::memory_order_acq_rel,
-                                          std::memory_order_relaxed))
-            return false;
+        if (!owner_enter(ctx, kLoop)) return false;
     }
     return true;
 }
@@ -853,18 +925,19 @@ bool Engine::start(Operation* op) noexcept {
     if (c != nullptr && c->engine == this) {
         // Fast path: we own the worker and run user code. Claim it for the UCX call so a
         // hand-off cannot happen in the middle of it.
-        std::uint64_t expect = ctl(c->gen, kUser);
-        if (ctl_.compare_exchange_strong(expect, ctl(c->gen, kLib), std::memory_order_acquire,
-                                         std::memory_order_relaxed)) {
-            post(op);
-            // Activity for the watchdog: a coroutine that keeps starting operations is busy,
-            // not blocked, and is not handed off.
-            lib_calls_.store(lib_calls_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-            ctl_.store(ctl(c->gen, kUser), std::memory_order_release);
-            return (op->flags & kOpCompleted) == 0;
-        }
-        if (expect == ctl(c->gen, kLib)) {  // inside a WorkerGuard of ours
-            post(op);
+        const std::uint8_t mode = c->mode.load(std::memory_order_relaxed);
+        if (mode == kUser) {
+            if (owner_enter(c, kLib)) {
+                post(op);
+                // Activity for the watchdog: a coroutine that keeps starting operations is
+                // busy, not blocked, and is not handed off.
+                lib_calls_.store(lib_calls_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+                c->mode.store(kUser, std::memory_order_release);
+                return (op->flags & kOpCompleted) == 0;
+            }
+            c->mode.store(kUser, std::memory_order_relaxed);  // handed off: submit below
+        } else if (mode == kLib && owner_.load(std::memory_order_relaxed) == c) {
+            post(op);  // inside a WorkerGuard of ours
             return (op->flags & kOpCompleted) == 0;
         }
     }
@@ -887,19 +960,21 @@ bool Engine::start(Operation* op) noexcept {
 
 std::uint64_t Engine::claim_worker() noexcept {
     ThreadCtx* c = tls_ctx;
-    if (c == nullptr || c->engine != this || torn_down_) return 0;
-    std::uint64_t expect = ctl(c->gen, kUser);
-    if (!ctl_.compare_exchange_strong(expect, ctl(c->gen, kLib), std::memory_order_acquire,
-                                      std::memory_order_relaxed))
+    if (c == nullptr || c->engine != this || torn_down_ || c->mode.load(std::memory_order_relaxed) != kUser) return 0;
+    if (!owner_enter(c, kLib)) {
+        c->mode.store(kUser, std::memory_order_relaxed);
         return 0;
+    }
     return c->gen;
 }
 
 void Engine::release_worker(std::uint64_t gen) noexcept {
-    std::uint64_t expect = ctl(gen, kLib);
-    if (!ctl_.compare_exchange_strong(expect, ctl(gen, kUser), std::memory_order_release,
-                                      std::memory_order_relaxed))
+    ThreadCtx* c = tls_ctx;
+    if (c == nullptr || c->engine != this || c->gen != gen || c->mode.load(std::memory_order_relaxed) != kLib) {
         BTSP_LOG_ERROR("WorkerGuard released out of order (held across a co_await?)");
+        return;
+    }
+    c->mode.store(kUser, std::memory_order_release);
 }
 
 bool Engine::drain_submissions() noexcept {

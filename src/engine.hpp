@@ -54,10 +54,14 @@ inline void bump(std::atomic<std::uint64_t>& a, std::uint64_t d = 1) noexcept {
     a.store(a.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
 }
 
-/// Per-thread identity of an engine thread: which engine and which ownership generation.
+/// Per-thread identity of an engine thread: which engine, which ownership generation,
+/// and (while it owns the worker) what it is doing: in the loop, in user code, or in a
+/// library call from user code. `mode` is written by its thread only (plain stores; see
+/// "progress hand-off" in docs/architecture.md) and read by the hand-off watchdog.
 struct ThreadCtx {
     Engine* engine = nullptr;
     std::uint64_t gen = 0;
+    std::atomic<std::uint8_t> mode{0};
 };
 
 class Engine : public std::enable_shared_from_this<Engine> {
@@ -137,6 +141,7 @@ public:
     void on_grace_expired(Connection* c) noexcept;
     void on_close_done(Connection* c) noexcept;
     void on_close_flushed(Connection* c, bool fast) noexcept;
+    void close_flushed(Connection* c) noexcept;
     void begin_close(Connection* c, bool fast, bool graceful) noexcept;
     void process_deferred() noexcept;
     void handle_offer(Connection* c) noexcept;
@@ -171,8 +176,11 @@ public:
 private:
     friend class ::btsp::CoroutineRdmaManager;
 
-    enum : std::uint64_t { kLoop = 0, kUser = 1, kLib = 2 };
-    static std::uint64_t ctl(std::uint64_t gen, std::uint64_t mode) noexcept { return gen << 2 | mode; }
+    enum : std::uint8_t { kLoop = 0, kUser = 1, kLib = 2 };
+    // The owner switching mode: true while it still owns the worker (a plain store, a
+    // compiler barrier and two loads when no hand-off is being decided).
+    bool owner_enter(ThreadCtx* c, std::uint8_t mode) noexcept;
+    bool owner_wait_decision(ThreadCtx* c) noexcept;
 
     // UCX setup / teardown
     bool create_worker(bool with_shm_eh, std::string& err) noexcept;
@@ -243,7 +251,9 @@ private:
     std::atomic<ucp_ep_h> primary_ep_{nullptr};
 
     // ownership of the worker (see docs/architecture.md, "progress hand-off")
-    std::atomic<std::uint64_t> ctl_{0};
+    const bool asymmetric_;                     // membarrier available (see engine.cpp)
+    std::atomic<ThreadCtx*> owner_{nullptr};    // written by the owner at start, then the watchdog
+    std::atomic<std::uint8_t> takeover_{0};     // 1 while the watchdog decides a hand-off
     std::atomic<std::uint64_t> resume_count_{0};
     std::atomic<std::uint64_t> lib_calls_{0};
     std::atomic<int> owner_tid_{0};  // kernel tid of the owning thread (for the watchdog)  // operations started from user code (owner only)

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <ucp/api/ucp.h>
 #include <ucs/type/status.h>
 
 #include <algorithm>
@@ -1138,6 +1139,43 @@ TEST_F(ManagerTest, BlockingCoroutineDoesNotStallOtherOperations) {
         << std::chrono::duration<double, std::milli>(unblocked_at - t0).count() << " ms)";
     // The echo loop counts after its send completes, which may be after our receive.
     EXPECT_TRUE(wait_until([&] { return echoed.load() == 5; }, 5s)) << echoed.load();
+}
+
+namespace {
+// On the progress thread (after a receive): the guard owns the worker, a nested one does
+// not, and after both are gone operations still run.
+RdmaTask<int> guard_probe(CoroutineRdmaManager& m, std::uint8_t* in) {
+    RdmaOpResult r = co_await m.tag_recv(in, 8, 90);
+    if (!r) co_return -1;
+    int score = 0;
+    {
+        btsp::WorkerGuard g = m.lock_worker();
+        if (g.owns() && g.worker() != nullptr) score |= 1;
+        if (g.owns()) (void)ucp_worker_progress(g.worker());  // what the guard is for
+        btsp::WorkerGuard nested = m.lock_worker();
+        if (!nested.owns() && nested.worker() == nullptr) score |= 2;
+    }
+    r = co_await m.tag_recv(in, 8, 91);
+    if (r) score |= 4;
+    co_return score;
+}
+}  // namespace
+
+TEST_F(ManagerTest, WorkerGuardOwnsOnlyOnTheProgressThread) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    {
+        btsp::WorkerGuard foreign = client_->lock_worker();
+        EXPECT_FALSE(foreign.owns()) << "a foreign thread must not get the worker";
+        EXPECT_EQ(foreign.worker(), nullptr);
+    }
+    std::uint8_t* in = buffer(8);
+    auto probe = start(guard_probe(*client_, in));
+    std::uint8_t* out = buffer(8, 3);
+    ASSERT_TRUE(await_within(server_->tag_send(out, 8, 90), kOpLimit).value_or(RdmaOpResult{}));
+    ASSERT_TRUE(await_within(server_->tag_send(out, 8, 91), kOpLimit).value_or(RdmaOpResult{}));
+    const auto score = probe->wait_for(kOpLimit);
+    ASSERT_TRUE(score.has_value());
+    EXPECT_EQ(*score, 7) << "1: owns on the progress thread, 2: nested guard refused, 4: ops after release";
 }
 
 class ProgressModeTest : public ManagerTest, public ::testing::WithParamInterface<ProgressMode> {};

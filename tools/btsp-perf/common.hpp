@@ -30,6 +30,7 @@ enum CmdKind : std::uint32_t {
     kCmdConnPing = 4,  // reply 8 bytes on kTagPong (connection-setup test)
     kCmdIdle = 5,      // stay idle `arg` ms, reply cpu time used (ns) in Reply
     kCmdQuit = 6,      // reply kTagDone, then exit
+    kCmdStat = 7,      // reply StatReply (kTagDone): server RSS, connections, endpoints
 };
 
 struct Cmd {
@@ -45,10 +46,18 @@ struct Reply {
     std::uint64_t b = 0;  // idle: wall ns
 };
 
+// Answer to kCmdStat (conns test): the server's state right now.
+struct StatReply {
+    std::uint64_t rss_kib = 0;         // VmRSS of the server process
+    std::uint64_t live = 0;            // live connections (btsp: connection_count())
+    std::uint64_t open_endpoints = 0;  // btsp: metrics().open_endpoints; raw: 0 (not tracked)
+    std::uint64_t reserved = 0;
+};
+
 enum class Impl : std::uint8_t { LIB = 0, RAW = 1 };
 inline const char* impl_name(Impl i) { return i == Impl::LIB ? "btsp" : "raw"; }
 
-enum class Test : std::uint8_t { LAT, BW, RATE, CONN, IDLE };
+enum class Test : std::uint8_t { LAT, BW, RATE, CONN, IDLE, CONNS };
 const char* test_name(Test t);
 
 // Options that both back ends understand.
@@ -58,6 +67,15 @@ struct BackendOptions {
     int cpu = -1;             // pin this process (and the progress thread) here
     double connect_retry_s = 10.0;  // client: retry refused connects for this long
     bool raw_sockaddr = false;      // raw: keep data on the sockaddr endpoint (plain-UCP flow)
+};
+
+// One step of the conns test: the state once the client holds `n` extra connections.
+struct ConnsStep {
+    unsigned n = 0;                 // extra connections held (0 = baseline)
+    bool after = false;             // the state once the extra connections were closed
+    std::vector<double> setup_ns;   // connect() times of the connections opened in this step
+    StatReply server;
+    std::uint64_t client_rss_kib = 0;
 };
 
 // ---- client side -----------------------------------------------------------------------
@@ -81,6 +99,19 @@ public:
     // One connection-setup sample: new connection, ping/pong, close. ns of connect+exchange.
     virtual bool conn_once(const std::string& host, std::uint16_t port, double& ns,
                            std::string& err) = 0;
+    // Connection scaling (conns): opens extra connections to the server until it holds each
+    // count in `counts` (ascending), asking the server for its state (StatReply over the
+    // main connection) at 0 and after each step; then closes them all. `steps` gets the
+    // baseline (n = 0), one entry per count reached, and last (if the main connection still
+    // answers) the state once the extra connections are closed (after = true). On failure
+    // (false, err) it keeps the steps reached. `how` says how the client held them. Only
+    // the library implements it.
+    virtual bool conns(const std::string& host, std::uint16_t port, const std::vector<unsigned>& counts,
+                       std::vector<ConnsStep>& steps, std::string& how, std::string& err) {
+        (void)host, (void)port, (void)counts, (void)steps, (void)how;
+        err = "the conns test is implemented for btsp only";
+        return false;
+    }
     // Tells the server to exit (over the main connection if open, else a new one).
     virtual bool quit(const std::string& host, std::uint16_t port, std::string& err) = 0;
 };
@@ -102,6 +133,8 @@ inline std::uint64_t now_ns() {
 }
 // CPU time (user+system) of this process, ns.
 std::uint64_t process_cpu_ns();
+// Resident set size (VmRSS) of this process, KiB; 0 if unknown.
+std::uint64_t process_rss_kib();
 // Pins the calling thread (and threads it creates later) to `cpu`; no-op for cpu < 0.
 bool pin_to_cpu(int cpu);
 // Writes the port to fd and closes it.

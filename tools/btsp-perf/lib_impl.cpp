@@ -8,8 +8,13 @@
 
 #include <btsp/btsp.hpp>
 
+#include <dirent.h>
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -119,6 +124,103 @@ public:
         return ok;
     }
 
+    bool conns(const std::string& host, std::uint16_t port, const std::vector<unsigned>& counts,
+               std::vector<ConnsStep>& steps, std::string& how, std::string& err) override {
+        steps.clear();
+        if (!m_) {
+            err = "conns needs the main connection (it is closed)";
+            return false;
+        }
+        // The extra connections. A btsp client manager holds one connection (a second
+        // connect() fails at once, "already connected"); if the first extra manager refuses
+        // a second one, every further connection gets a manager of its own, as
+        // RdmaConnectionPool does. Whatever happens, they are all shut down before return.
+        std::vector<std::unique_ptr<CoroutineRdmaManager>> extra;
+        bool shared = true;
+        // Their progress hand-off watchdog wakes every handoff_threshold (5 ms) even while
+        // idle, ~0.7 % of a core per manager: with hundreds of managers on the client's core
+        // that alone starves them (heartbeats missed, connects timing out). These managers
+        // run no user code, so the hand-off is off unless BTSP_HANDOFF_MS asks for it.
+        btsp::ManagerOptions xopts = make_options(opts_);
+        const bool handoff_off = std::getenv("BTSP_HANDOFF_MS") == nullptr;
+        if (handoff_off) xopts.handoff_threshold = std::chrono::milliseconds(0);
+        struct CloseAll {
+            std::vector<std::unique_ptr<CoroutineRdmaManager>>& v;
+            ~CloseAll() { shutdown_all(v); }
+        } close_all{extra};
+
+        ConnsStep base;
+        if (!stat_settled(0, base.server, err)) return false;
+        base.client_rss_kib = process_rss_kib();
+        steps.push_back(base);
+        std::size_t held = 0;
+        bool ok = true;
+        for (const unsigned target : counts) {
+            ConnsStep st;
+            st.n = target;
+            while (ok && held < target) {
+                if (extra.empty() || !shared) {
+                    extra.push_back(std::make_unique<CoroutineRdmaManager>(xopts));
+                    if (!extra.back()->initialize(false, 0)) {
+                        err = "initialize (client manager for connection " + std::to_string(held + 1) +
+                              "): " + extra.back()->last_error();
+                        ok = false;
+                        break;
+                    }
+                }
+                CoroutineRdmaManager& m = *extra.back();
+                std::uint64_t ns = 0;
+                const RdmaOpResult r = sync_wait(timed_connect(m, host, port, ns));
+                if (!r && shared && r.result == RdmaResult::FAILURE && m.connection_count() > 0) {
+                    shared = false;  // this manager already holds its one connection
+                    continue;
+                }
+                if (!r) {
+                    err = describe(("connect #" + std::to_string(held + 1)).c_str(), r);
+                    ok = false;
+                    break;
+                }
+                st.setup_ns.push_back(static_cast<double>(ns));
+                ++held;
+            }
+            if (!ok) break;
+            if (!stat_settled(held, st.server, err)) return false;  // the main connection broke
+            st.client_rss_kib = process_rss_kib();
+            steps.push_back(st);
+        }
+        how = held <= 1 ? "one extra client manager"
+              : shared  ? "one extra client manager holding all of them"
+                        : "one client manager per connection: a btsp client manager holds one";
+        if (handoff_off) how += "; hand-off watchdog off in them";
+        if (!ok) {
+            err += " (after " + std::to_string(held) + " extra connections";
+            // Each client manager is a UCX context + worker + threads, ~15 file descriptors.
+            rlimit rl{};
+            if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+                const long fds = open_fds();
+                err += fds < 0 ? std::string("; no file descriptor left in this process")
+                               : "; this process has " + std::to_string(fds) + " files open";
+                err += ", limit " + std::to_string(static_cast<unsigned long long>(rl.rlim_cur)) + " (ulimit -n)";
+            }
+            err += ")";
+        }
+        shutdown_all(extra);
+        // The server should be back to the main connection alone.
+        ConnsStep after;
+        after.after = true;
+        std::string err2;
+        if (!stat_settled(0, after.server, ok ? err : err2)) {
+            if (!ok) err += "; then stat: " + err2;
+            return false;
+        }
+        if (after.server.live != 1)
+            std::fprintf(stderr, "btsp-perf: conns: the server still holds %llu connections after the extra ones closed\n",
+                         static_cast<unsigned long long>(after.server.live));
+        after.client_rss_kib = process_rss_kib();
+        steps.push_back(after);
+        return ok;
+    }
+
     bool quit(const std::string& host, std::uint16_t port, std::string& err) override {
         if (!m_ && !connect_manager(m_, host, port, err)) return false;
         Cmd c;
@@ -135,6 +237,62 @@ public:
     }
 
 private:
+    // Open file descriptors of this process; -1 if it cannot even open the directory.
+    static long open_fds() {
+        DIR* d = opendir("/proc/self/fd");
+        if (!d) return -1;
+        long n = 0;
+        while (readdir(d) != nullptr) ++n;
+        closedir(d);
+        return n > 3 ? n - 3 : 0;  // ".", ".." and the directory's own descriptor
+    }
+
+    static void shutdown_all(std::vector<std::unique_ptr<CoroutineRdmaManager>>& v) {
+        for (auto& m : v) m->shutdown();
+        v.clear();
+    }
+
+    static RdmaTask<RdmaOpResult> timed_connect(CoroutineRdmaManager& m, const std::string& host,
+                                                std::uint16_t port, std::uint64_t& ns) {
+        const std::uint64_t t0 = now_ns();
+        const RdmaOpResult r = co_await m.connect(host, port);
+        ns = now_ns() - t0;
+        co_return r;
+    }
+
+    RdmaTask<bool> stat_task(StatReply& out, std::string& err) {
+        CoroutineRdmaManager& m = *m_;
+        Cmd c;
+        c.kind = kCmdStat;
+        RdmaOpResult r = co_await m.tag_send(&c, sizeof c, kTagCmd);
+        if (r) r = co_await m.tag_recv(&out, sizeof out, kTagDone).timeout(std::chrono::seconds(10));
+        if (!r) {
+            err = describe("stat", r);
+            co_return false;
+        }
+        if (r.bytes_transferred != sizeof out) {
+            err = "stat: the server's answer has " + std::to_string(r.bytes_transferred) + " bytes, not " +
+                  std::to_string(sizeof out) + " (another btsp-perf version?)";
+            co_return false;
+        }
+        co_return true;
+    }
+
+    // The server's state once it has caught up with `extra` extra connections: the client's
+    // connect() can complete before the server has finished its side of the handshake, so
+    // ask again (up to 2 s) until it counts extra + 1 connections and no endpoint is still
+    // in a handshake.
+    bool stat_settled(std::size_t extra, StatReply& out, std::string& err) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+        for (;;) {
+            if (!sync_wait(stat_task(out, err))) return false;
+            if ((out.live == extra + 1 && out.open_endpoints <= out.live) ||
+                std::chrono::steady_clock::now() > deadline)
+                return true;
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+    }
+
     bool connect_manager(std::unique_ptr<CoroutineRdmaManager>& m, const std::string& host,
                          std::uint16_t port, std::string& err) {
         m = std::make_unique<CoroutineRdmaManager>(make_options(opts_));
@@ -399,6 +557,15 @@ int run_lib_server(const BackendOptions& o, std::uint16_t port, int port_fd) {
                 Reply rep;
                 rep.a = process_cpu_ns() - c0;
                 rep.b = now_ns() - t0;
+                (void)sync_wait(m.tag_send(&rep, sizeof rep, kTagDone));
+                break;
+            }
+            case kCmdStat: {
+                // Answered on the oldest connection (tag_send's), the client's main one.
+                StatReply rep;
+                rep.rss_kib = process_rss_kib();
+                rep.live = m.connection_count();
+                rep.open_endpoints = m.metrics().open_endpoints;
                 (void)sync_wait(m.tag_send(&rep, sizeof rep, kTagDone));
                 break;
             }

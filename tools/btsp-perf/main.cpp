@@ -36,6 +36,7 @@ const char* test_name(Test t) {
         case Test::RATE: return "rate";
         case Test::CONN: return "conn";
         case Test::IDLE: return "idle";
+        case Test::CONNS: return "conns";
     }
     return "?";
 }
@@ -44,6 +45,21 @@ std::uint64_t process_cpu_ns() {
     timespec ts{};
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+std::uint64_t process_rss_kib() {
+    std::FILE* f = std::fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    std::uint64_t kib = 0;
+    while (std::fgets(line, sizeof line, f)) {
+        if (std::strncmp(line, "VmRSS:", 6) == 0) {
+            kib = std::strtoull(line + 6, nullptr, 10);
+            break;
+        }
+    }
+    std::fclose(f);
+    return kib;
 }
 
 bool pin_to_cpu(int cpu) {
@@ -90,6 +106,7 @@ struct Options {
     int progress = -1;  // -1: when stderr is a terminal
     unsigned idle_ms = 10000;
     std::uint64_t conn_iters = 50;
+    std::vector<unsigned> conn_counts = {1, 2, 4, 8, 16, 32, 64, 128, 256};
     unsigned timeout_s = 600;
     // internal (server child of --loopback)
     bool serve = false;
@@ -106,16 +123,23 @@ R"(Usage:
   btsp-perf [options] --loopback            both sides on this host (forks the server)
 
 Tests and sizes:
-  -t, --test LIST      lat,bw,rate,conn,idle (default lat,bw,rate)
+  -t, --test LIST      lat,bw,rate,conn,idle,conns (default lat,bw,rate)
                          lat   tag ping-pong; half round trip p50/p99/avg/min (us)
                          bw    streaming bandwidth, window of concurrent sends (MiB/s)
                          rate  message rate (default 8 B, window 64) (M msg/s)
                          conn  connection setup: connect + first ping-pong (us)
                          idle  CPU use of a connected, silent pair (%% of a core)
+                         conns connection scaling (btsp only): extra connections to the
+                               server, opened one at a time up to each count of
+                               --conn-counts; connect() time (us), server RSS and its growth
+                               per connection, server connections and UCX endpoints, client
+                               RSS. Runs before conn (which closes the main connection)
   -s, --sizes LIST     message sizes, e.g. 8,4096,1M (K/M/G = KiB/MiB/GiB)
       --sweep A:B      powers of two from A to B, e.g. 8:16M
   -n, --iters N        iterations per size (default: by test and size; not for conn)
       --conn-n N       connections for the conn test (default 50, plus 10%% warm-up)
+      --conn-counts LIST  connection counts of the conns test, ascending
+                       (default 1,2,4,8,16,32,64,128,256)
       --warmup N       warm-up iterations before each measurement (default n/10)
   -w, --window W       operations in flight for bw/rate (default 16 for bw, 64 for rate)
       --windows LIST   several windows, e.g. 1,4,16,64,256,1024
@@ -207,6 +231,7 @@ Options parse(int argc, char** argv) {
                 else if (t == "rate") o.tests.push_back(Test::RATE);
                 else if (t == "conn") o.tests.push_back(Test::CONN);
                 else if (t == "idle") o.tests.push_back(Test::IDLE);
+                else if (t == "conns") o.tests.push_back(Test::CONNS);
                 else bad("unknown test '" + t + "'");
             }
         } else if (a == "-s" || a == "--sizes") {
@@ -228,7 +253,17 @@ Options parse(int argc, char** argv) {
             o.windows.clear();
             for (const auto& w : split(need(i), ',')) o.windows.push_back(static_cast<unsigned>(parse_u64(w, "window")));
         } else if (a == "--conn-n") o.conn_iters = std::max<std::uint64_t>(1, parse_u64(need(i), "connection count"));
-        else if (a == "--idle-ms") o.idle_ms = static_cast<unsigned>(parse_u64(need(i), "idle time"));
+        else if (a == "--conn-counts") {
+            o.conn_counts.clear();
+            for (const auto& c : split(need(i), ',')) {
+                const std::uint64_t v = parse_u64(c, "connection count");
+                if (v == 0 || v > 100000) bad("bad connection count '" + c + "' (1..100000)");
+                o.conn_counts.push_back(static_cast<unsigned>(v));
+            }
+            std::sort(o.conn_counts.begin(), o.conn_counts.end());
+            o.conn_counts.erase(std::unique(o.conn_counts.begin(), o.conn_counts.end()), o.conn_counts.end());
+            if (o.conn_counts.empty()) bad("empty --conn-counts");
+        } else if (a == "--idle-ms") o.idle_ms = static_cast<unsigned>(parse_u64(need(i), "idle time"));
         else if (a == "--raw") o.raw = true;
         else if (a == "--raw-sockaddr") o.backend.raw_sockaddr = true;
         else if (a == "--compare") o.compare = true;
@@ -293,6 +328,12 @@ struct Row {
     double mibps = NAN, mmsgps = NAN;
     // idle (% of one core)
     double client_cpu = NAN, server_cpu = NAN;
+    // conns (item.size = extra connections N; p50 = connect() p50, us)
+    double max = NAN;                           // connect() max, us
+    double srv_rss_mib = NAN, srv_kib_per_conn = NAN, srv_live = NAN, srv_eps = NAN;
+    double cli_rss_mib = NAN;
+    // conns, baseline row (N = 0) only: the server once the extra connections closed
+    double after_live = NAN, after_eps = NAN, after_rss_mib = NAN;
 };
 
 std::uint64_t default_iters(Test t, std::size_t size) {
@@ -310,6 +351,7 @@ std::uint64_t default_iters(Test t, std::size_t size) {
         case Test::RATE: return 1'000'000;
         case Test::CONN: return 50;
         case Test::IDLE: return 1;
+        case Test::CONNS: return 0;
     }
     return 1000;
 }
@@ -327,6 +369,17 @@ std::vector<Item> make_items(const Options& o) {
     // conn closes the main connection: run it last
     if (std::find(o.tests.begin(), o.tests.end(), Test::CONN) != o.tests.end()) order.push_back(Test::CONN);
     for (Test t : order) {
+        if (t == Test::CONNS) {
+            // One contiguous group, measured in one go: the baseline (N = 0), then one item per
+            // count; iters = connections opened in that step.
+            items.push_back(Item{t, 0, 0, 0, 0});
+            unsigned prev = 0;
+            for (unsigned n : o.conn_counts) {
+                items.push_back(Item{t, n, 0, n - prev, 0});
+                prev = n;
+            }
+            continue;
+        }
         if (t == Test::CONN || t == Test::IDLE) {
             Item it{t, 8, 1, 0, 0};
             it.iters = t == Test::IDLE ? 1 : o.conn_iters;
@@ -360,7 +413,7 @@ struct ProgressLine {
         char size[32];
         std::snprintf(size, sizeof size, "%zu B", it.size);
         std::fprintf(stderr, "\r\033[K[%3d/%d] %s %-4s %s", done + 1, total, impl_name(impl),
-                     test_name(it.test), it.test == Test::CONN || it.test == Test::IDLE ? "" : size);
+                     test_name(it.test), it.test == Test::CONN || it.test == Test::IDLE || it.test == Test::CONNS ? "" : size);
         if (it.test == Test::BW || it.test == Test::RATE) std::fprintf(stderr, " w=%u", it.window);
         if (reps > 1) std::fprintf(stderr, " (run %d/%d)", rep + 1, reps);
         std::fflush(stderr);
@@ -513,6 +566,9 @@ Row run_item(const Options& o, ClientBackend& client, Impl impl, const std::stri
             if (r.ok) lat_stats(samples, r);
             break;
         }
+        case Test::CONNS:  // a group of items: run_conns()
+            err = "internal: conns item outside its group";
+            break;
     }
     if (!r.ok) {
         r.error = err;
@@ -521,6 +577,92 @@ Row run_item(const Options& o, ClientBackend& client, Impl impl, const std::stri
     }
     pl.step();
     return r;
+}
+
+double median(std::vector<double> v);
+std::string g_conns_how;  // how the client held the extra connections (table header)
+
+// The conns items, make_items() keeps them together: [first, end).
+bool conns_group_start(const std::vector<Item>& items, std::size_t n) {
+    return items[n].test == Test::CONNS && (n == 0 || items[n - 1].test != Test::CONNS);
+}
+std::vector<Item> conns_group(const std::vector<Item>& items, std::size_t n) {
+    std::vector<Item> g;
+    for (; n < items.size() && items[n].test == Test::CONNS; ++n) g.push_back(items[n]);
+    return g;
+}
+
+// The whole conns sweep on one open client: one Row per item of the group (the counts it
+// did not reach fail). Library only; for raw it returns no rows (run_client prints a note).
+std::vector<Row> run_conns(const Options& o, ClientBackend& client, Impl impl, const std::string& host,
+                           std::uint16_t port, const std::vector<Item>& group, ProgressLine& pl, int rep) {
+    std::vector<Row> rows;
+    if (impl != Impl::LIB || group.empty()) return rows;
+    pl.show(impl, group.front(), rep, o.repeat);
+    std::vector<unsigned> counts;
+    for (const Item& it : group)
+        if (it.size > 0) counts.push_back(static_cast<unsigned>(it.size));
+    std::vector<ConnsStep> steps;
+    std::string how, err;
+    const bool ok = client.conns(host, port, counts, steps, how, err);
+    if (!how.empty()) g_conns_how = how;
+    const ConnsStep* base = nullptr;
+    const ConnsStep* after = nullptr;
+    for (const ConnsStep& s : steps) {
+        if (s.after) after = &s;
+        else if (s.n == 0 && !base) base = &s;
+    }
+    for (const Item& it : group) {
+        Row r;
+        r.impl = impl;
+        r.item = it;
+        const ConnsStep* s = nullptr;
+        for (const ConnsStep& x : steps)
+            if (!x.after && x.n == it.size) s = &x;
+        r.ok = s != nullptr;
+        if (!s) {
+            r.error = err.empty() ? "not reached" : err;
+        } else {
+            if (!s->setup_ns.empty()) {
+                std::vector<double> us;
+                for (double ns : s->setup_ns) us.push_back(ns / 1000.0);
+                r.p50 = median(us);
+                r.max = *std::max_element(us.begin(), us.end());
+            }
+            r.srv_rss_mib = static_cast<double>(s->server.rss_kib) / 1024.0;
+            if (s->n > 0 && base)
+                r.srv_kib_per_conn =
+                    (static_cast<double>(s->server.rss_kib) - static_cast<double>(base->server.rss_kib)) /
+                    static_cast<double>(s->n);
+            r.srv_live = static_cast<double>(s->server.live);
+            r.srv_eps = static_cast<double>(s->server.open_endpoints);
+            r.cli_rss_mib = static_cast<double>(s->client_rss_kib) / 1024.0;
+            if (s->n == 0 && after) {
+                r.after_live = static_cast<double>(after->server.live);
+                r.after_eps = static_cast<double>(after->server.open_endpoints);
+                r.after_rss_mib = static_cast<double>(after->server.rss_kib) / 1024.0;
+            }
+        }
+        rows.push_back(r);
+        pl.step();
+    }
+    if (!ok)
+        std::fprintf(stderr, "%sbtsp-perf: %s conns: %s\n", pl.on ? "\r\033[K" : "", impl_name(impl), err.c_str());
+    return rows;
+}
+
+// Runs items[n] (or, at the start of the conns group, the whole group); false on failure.
+bool run_one(const Options& o, ClientBackend& client, Impl impl, const std::string& host, std::uint16_t port,
+             const std::vector<Item>& items, std::size_t n, bool& main_open, std::vector<Row>& rows, ProgressLine& pl,
+             int rep) {
+    if (items[n].test == Test::CONNS) {
+        if (!conns_group_start(items, n)) return true;
+        const std::vector<Row> rs = run_conns(o, client, impl, host, port, conns_group(items, n), pl, rep);
+        rows.insert(rows.end(), rs.begin(), rs.end());
+        return std::all_of(rs.begin(), rs.end(), [](const Row& r) { return r.ok; });
+    }
+    rows.push_back(run_item(o, client, impl, host, port, items[n], main_open, pl, rep));
+    return rows.back().ok;
 }
 
 std::unique_ptr<ClientBackend> make_client(const Options& o, Impl impl) {
@@ -541,9 +683,8 @@ bool run_session(const Options& o, Impl impl, const std::string& host, std::uint
     }
     bool main_open = need_main;
     bool all_ok = true;
-    for (const Item& it : items) {
-        rows.push_back(run_item(o, *client, impl, host, port, it, main_open, pl, rep));
-        if (!rows.back().ok) {
+    for (std::size_t n = 0; n < items.size(); ++n) {
+        if (!run_one(o, *client, impl, host, port, items, n, main_open, rows, pl, rep)) {
             all_ok = false;
             break;  // the connection is probably unusable
         }
@@ -593,9 +734,9 @@ bool run_interleaved(const Options& o, const std::vector<Impl>& impls, const std
                 const std::size_t k = ((rep + n) % 2 == 0) ? j : impls.size() - 1 - j;
                 if (broken[k]) continue;
                 bool mo = main_open[k];
-                rows.push_back(run_item(o, *clients[k], impls[k], host, ports[k], items[n], mo, pl, rep));
+                const bool good = run_one(o, *clients[k], impls[k], host, ports[k], items, n, mo, rows, pl, rep);
                 main_open[k] = mo;
-                if (!rows.back().ok) broken[k] = true, ok = false;
+                if (!good) broken[k] = true, ok = false;
             }
         }
     }
@@ -640,6 +781,7 @@ std::vector<Agg> aggregate(const std::vector<Row>& rows, const std::vector<Item>
     std::vector<Agg> out;
     for (const Item& it : items) {
         for (Impl impl : impls) {
+            if (it.test == Test::CONNS && impl != Impl::LIB) continue;  // btsp only
             std::vector<const Row*> rs;
             for (const Row& r : rows)
                 if (r.impl == impl && r.item.test == it.test && r.item.size == it.size && r.item.window == it.window && r.ok)
@@ -662,6 +804,15 @@ std::vector<Agg> aggregate(const std::vector<Row>& rows, const std::vector<Item>
             a.row.mmsgps = med(&Row::mmsgps);
             a.row.client_cpu = med(&Row::client_cpu);
             a.row.server_cpu = med(&Row::server_cpu);
+            a.row.max = med(&Row::max);
+            a.row.srv_rss_mib = med(&Row::srv_rss_mib);
+            a.row.srv_kib_per_conn = med(&Row::srv_kib_per_conn);
+            a.row.srv_live = med(&Row::srv_live);
+            a.row.srv_eps = med(&Row::srv_eps);
+            a.row.cli_rss_mib = med(&Row::cli_rss_mib);
+            a.row.after_live = med(&Row::after_live);
+            a.row.after_eps = med(&Row::after_eps);
+            a.row.after_rss_mib = med(&Row::after_rss_mib);
             out.push_back(a);
         }
     }
@@ -682,6 +833,7 @@ double headline(const Row& r) {
         case Test::BW: return r.mibps;
         case Test::RATE: return r.mmsgps;
         case Test::IDLE: return r.client_cpu;
+        case Test::CONNS: return NAN;  // btsp only: no ratio
     }
     return NAN;
 }
@@ -704,8 +856,10 @@ std::string num(double v, int prec = 3) {
 void print_table(const Options& o, const std::vector<Agg>& agg, const std::vector<Item>& items,
                  const std::vector<Impl>& impls) {
     const bool cmp = impls.size() == 2;
+    const bool has_lib = std::find(impls.begin(), impls.end(), Impl::LIB) != impls.end();
     Test last = static_cast<Test>(255);
-    for (const Item& it : items) {
+    for (std::size_t n = 0; n < items.size(); ++n) {
+        const Item& it = items[n];
         if (it.test != last) {
             last = it.test;
             std::printf("\n");
@@ -740,7 +894,37 @@ void print_table(const Options& o, const std::vector<Agg>& agg, const std::vecto
                     std::printf("# idle: CPU of a connected, silent pair over %.1f s, %% of one core\n", o.idle_ms / 1000.0);
                     std::printf("%6s | %10s %10s\n", "impl", "client %", "server %");
                     break;
+                case Test::CONNS:
+                    if (!has_lib) {
+                        std::printf("# conns: measured for btsp only; skipped for raw\n");
+                        break;
+                    }
+                    std::printf("# conns%s: N extra connections to the server, opened one at a time%s%s%s; setup = connect() "
+                                "call to completion (us) of the connects made in that step\n",
+                                cmp ? " (btsp only)" : "", g_conns_how.empty() ? "" : " (", g_conns_how.c_str(),
+                                g_conns_how.empty() ? "" : ")");
+                    std::printf("#   srv = server process: RSS MiB, RSS growth vs N=0 per connection (KiB/conn), live "
+                                "connections (N+1 with the main one), open UCX endpoints; cli = client RSS MiB\n");
+                    std::printf("%6s | %9s %9s | %8s %9s %8s %8s | %8s\n", "N", "setup p50", "setup max", "srv MiB",
+                                "KiB/conn", "srv live", "srv eps", "cli MiB");
+                    break;
             }
+        }
+        if (it.test == Test::CONNS) {
+            const Agg* c = find(agg, Impl::LIB, it);
+            if (!c) continue;
+            std::printf("%6zu | %9s %9s | %8s %9s %8s %8s | %8s\n", it.size, num(c->row.p50, 1).c_str(),
+                        num(c->row.max, 1).c_str(), num(c->row.srv_rss_mib, 1).c_str(),
+                        num(c->row.srv_kib_per_conn, 1).c_str(), num(c->row.srv_live, 0).c_str(),
+                        num(c->row.srv_eps, 0).c_str(), num(c->row.cli_rss_mib, 1).c_str());
+            const bool group_end = n + 1 == items.size() || items[n + 1].test != Test::CONNS;
+            const Agg* b = group_end ? find(agg, Impl::LIB, Item{Test::CONNS, 0, 0, 0, 0}) : nullptr;
+            if (b && b->row.ok)
+                std::printf("# conns: after shutdown() of the extra connections: server live %s, open endpoints %s, "
+                            "RSS %s MiB\n",
+                            num(b->row.after_live, 0).c_str(), num(b->row.after_eps, 0).c_str(),
+                            num(b->row.after_rss_mib, 1).c_str());
+            continue;
         }
         const Agg* a = find(agg, impls[0], it);
         const Agg* b = cmp ? find(agg, impls[1], it) : nullptr;
@@ -787,6 +971,8 @@ void print_table(const Options& o, const std::vector<Agg>& agg, const std::vecto
                                     num(x->row.server_cpu, 2).c_str(),
                                     x->row.impl == Impl::RAW ? "   (busy-polling loop)" : "");
                 break;
+            case Test::CONNS:  // printed above
+                break;
         }
     }
 }
@@ -804,20 +990,38 @@ std::string mode_name(const Options& o) {
 }
 
 void print_csv(const Options& o, const std::vector<Agg>& agg) {
-    std::printf("impl,test,size,window,iters,reps,mode,p50_us,p99_us,avg_us,min_us,MiBps,Mmsgps,client_cpu_pct,server_cpu_pct,ratio_vs_raw\n");
+    // conns rows: size = extra connections N, iters = connects in that step, p50_us = their
+    // connect() p50; the columns from max_us on are theirs.
+    std::printf("impl,test,size,window,iters,reps,mode,p50_us,p99_us,avg_us,min_us,MiBps,Mmsgps,client_cpu_pct,server_cpu_pct,"
+                "ratio_vs_raw,max_us,server_rss_MiB,server_KiB_per_conn,server_live,server_open_eps,client_rss_MiB\n");
     for (const Agg& a : agg) {
         const Row& r = a.row;
-        std::printf("%s,%s,%zu,%u,%" PRIu64 ",%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", impl_name(r.impl), test_name(r.item.test),
-                    r.item.size, r.item.window, r.item.iters, a.reps, r.impl == Impl::RAW ? "busy" : mode_name(o).c_str(),
-                    num(r.p50, 4).c_str(), num(r.p99, 4).c_str(), num(r.avg, 4).c_str(), num(r.min, 4).c_str(),
-                    num(r.mibps, 2).c_str(), num(r.mmsgps, 4).c_str(), num(r.client_cpu, 3).c_str(),
-                    num(r.server_cpu, 3).c_str(), num(ratio_vs_raw(agg, a), 4).c_str());
+        std::printf("%s,%s,%zu,%u,%" PRIu64 ",%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", impl_name(r.impl),
+                    test_name(r.item.test), r.item.size, r.item.window, r.item.iters, a.reps,
+                    r.impl == Impl::RAW ? "busy" : mode_name(o).c_str(), num(r.p50, 4).c_str(), num(r.p99, 4).c_str(),
+                    num(r.avg, 4).c_str(), num(r.min, 4).c_str(), num(r.mibps, 2).c_str(), num(r.mmsgps, 4).c_str(),
+                    num(r.client_cpu, 3).c_str(), num(r.server_cpu, 3).c_str(), num(ratio_vs_raw(agg, a), 4).c_str(),
+                    num(r.max, 4).c_str(), num(r.srv_rss_mib, 3).c_str(), num(r.srv_kib_per_conn, 2).c_str(),
+                    num(r.srv_live, 0).c_str(), num(r.srv_eps, 0).c_str(), num(r.cli_rss_mib, 3).c_str());
     }
 }
 
 std::string jnum(double v, int prec) {
     if (std::isnan(v)) return "null";
     return num(v, prec);
+}
+
+// conns rows: size = extra connections N, iters = connects in that step, p50_us = their
+// connect() p50; these fields are theirs (on the N = 0 row also the state after the close).
+std::string conns_json(const Row& r) {
+    std::string s = ", \"max_us\": " + jnum(r.max, 4) + ", \"server_rss_MiB\": " + jnum(r.srv_rss_mib, 3) +
+                    ", \"server_KiB_per_conn\": " + jnum(r.srv_kib_per_conn, 2) + ", \"server_live\": " +
+                    jnum(r.srv_live, 0) + ", \"server_open_eps\": " + jnum(r.srv_eps, 0) + ", \"client_rss_MiB\": " +
+                    jnum(r.cli_rss_mib, 3);
+    if (r.item.size == 0)
+        s += ", \"after_close\": {\"server_live\": " + jnum(r.after_live, 0) + ", \"server_open_eps\": " +
+             jnum(r.after_eps, 0) + ", \"server_rss_MiB\": " + jnum(r.after_rss_mib, 3) + "}";
+    return s;
 }
 
 void print_json(const Options& o, const std::vector<Agg>& agg) {
@@ -827,12 +1031,12 @@ void print_json(const Options& o, const std::vector<Agg>& agg) {
         const Row& r = agg[i].row;
         std::printf("    {\"impl\": \"%s\", \"test\": \"%s\", \"size\": %zu, \"window\": %u, \"iters\": %" PRIu64
                     ", \"reps\": %d, \"p50_us\": %s, \"p99_us\": %s, \"avg_us\": %s, \"min_us\": %s, \"MiBps\": %s, "
-                    "\"Mmsgps\": %s, \"client_cpu_pct\": %s, \"server_cpu_pct\": %s, \"ratio_vs_raw\": %s}%s\n",
+                    "\"Mmsgps\": %s, \"client_cpu_pct\": %s, \"server_cpu_pct\": %s, \"ratio_vs_raw\": %s%s}%s\n",
                     impl_name(r.impl), test_name(r.item.test), r.item.size, r.item.window, r.item.iters, agg[i].reps,
                     jnum(r.p50, 4).c_str(), jnum(r.p99, 4).c_str(), jnum(r.avg, 4).c_str(), jnum(r.min, 4).c_str(),
                     jnum(r.mibps, 2).c_str(), jnum(r.mmsgps, 4).c_str(), jnum(r.client_cpu, 3).c_str(),
                     jnum(r.server_cpu, 3).c_str(), jnum(ratio_vs_raw(agg, agg[i]), 4).c_str(),
-                    i + 1 < agg.size() ? "," : "");
+                    r.item.test == Test::CONNS ? conns_json(r).c_str() : "", i + 1 < agg.size() ? "," : "");
     }
     std::printf("  ]\n}\n");
 }
@@ -844,7 +1048,10 @@ int run_client(const Options& o) {
     const std::vector<Item> items = make_items(o);
     ProgressLine pl;
     pl.on = o.progress == 1;
-    pl.total = static_cast<int>(items.size() * impls.size()) * o.repeat;
+    const int n_conns = static_cast<int>(std::count_if(items.begin(), items.end(), [](const Item& i) { return i.test == Test::CONNS; }));
+    const bool conns_raw = n_conns > 0 && std::find(impls.begin(), impls.end(), Impl::RAW) != impls.end();
+    if (conns_raw) std::fprintf(stderr, "btsp-perf: note: conns is measured for btsp only; skipped for raw\n");
+    pl.total = (static_cast<int>(items.size() * impls.size()) - (conns_raw ? n_conns : 0)) * o.repeat;
     std::vector<Row> rows;
     bool ok = true;
     const bool interleave = o.loopback && (impls.size() > 1 || o.repeat > 1) && !o.sequential &&

@@ -827,6 +827,15 @@ private:
                     (void)send(*ep, &rep, sizeof rep, kTagDone);
                     break;
                 }
+                case kCmdStat: {
+                    // The raw client does not run conns; answered anyway so that the
+                    // command never stops the server (no endpoint count kept here).
+                    StatReply rep;
+                    rep.rss_kib = process_rss_kib();
+                    rep.live = conns_.size();
+                    (void)send(*ep, &rep, sizeof rep, kTagDone);
+                    break;
+                }
                 case kCmdQuit: {
                     Reply rep;
                     (void)send(*ep, &rep, sizeof rep, kTagDone);
