@@ -131,6 +131,20 @@ void BM_AwaitableCoAwaitUninit(benchmark::State& state) {
 }
 BENCHMARK(BM_AwaitableCoAwaitUninit);
 
+// What every co_await inside an RdmaTask pays so that the task can be cancelled from
+// another thread: attach the awaited operation to the task's CancelSlot, detach it after.
+void BM_CancelSlotAttachDetach(benchmark::State& state) {
+    btsp::detail::CancelSlot slot;
+    btsp::detail::CancelTarget target;
+    target.cancel = [](btsp::detail::CancelTarget*, std::uint8_t) noexcept {};
+    for (auto _ : state) {
+        slot.attach(&target);
+        slot.detach();
+        benchmark::ClobberMemory();
+    }
+}
+BENCHMARK(BM_CancelSlotAttachDetach);
+
 // sync_wait of a trivial task: sync_wait's own coroutine frame, mutex + condition variable.
 void BM_SyncWaitTrivial(benchmark::State& state) {
     for (auto _ : state) benchmark::DoNotOptimize(btsp::sync_wait(ready_task(3)));

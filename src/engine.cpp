@@ -11,7 +11,6 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
-#include <linux/membarrier.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -46,27 +45,16 @@ using Clock = std::chrono::steady_clock;
 // membarrier(PRIVATE_EXPEDITED), which executes a full barrier on every running thread of
 // the process, then reads the owner's mode. Either the watchdog sees the owner's new
 // mode or the owner sees the takeover request; never neither. Without membarrier (old
-// kernel, seccomp) both sides use a full fence instead.
-bool register_membarrier() noexcept {
-    if (const char* off = std::getenv("BTSP_NO_MEMBARRIER"); off != nullptr && off[0] == '1') return false;
-    const long cmds = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
-    if (cmds < 0 || (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return false;
-    return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
-}
-
-bool have_membarrier() noexcept {
-    static const bool ok = register_membarrier();  // thread-safe, once per process
-    return ok;
-}
-
+// kernel, seccomp, BTSP_NO_MEMBARRIER=1) both sides use a full fence instead. The
+// registration is shared with CancelSlot (include/btsp/detail/cancel.hpp).
 inline void light_barrier(bool asymmetric) noexcept {
     if (asymmetric) std::atomic_signal_fence(std::memory_order_seq_cst);
     else std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
 void heavy_barrier(bool asymmetric) noexcept {
-    if (!asymmetric || ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
-        std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (asymmetric) heavy_fence();  // membarrier (src/cancel.cpp)
+    else std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
 inline void cpu_relax() noexcept {
@@ -79,7 +67,7 @@ inline void cpu_relax() noexcept {
 
 ThreadCtx* current_thread_ctx() noexcept { return tls_ctx; }
 
-Engine::Engine(const ManagerOptions& options) : opts_(options), asymmetric_(have_membarrier()) {}
+Engine::Engine(const ManagerOptions& options) : opts_(options), asymmetric_(asymmetric_fences()) {}
 
 bool Engine::owner_enter(ThreadCtx* c, std::uint8_t mode) noexcept {
     c->mode.store(mode, std::memory_order_relaxed);

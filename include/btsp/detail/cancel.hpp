@@ -3,7 +3,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <thread>
 
 namespace btsp::detail {
 
@@ -13,50 +12,51 @@ struct CancelTarget {
     void (*cancel)(CancelTarget* self, std::uint8_t result) noexcept = nullptr;
 };
 
+/// Whether the process can use membarrier(PRIVATE_EXPEDITED) (registered once, on first
+/// use): then the frequent side of a handshake needs only a compiler barrier
+/// (light_fence) and the rare side pays a syscall (heavy_fence).
+bool register_asymmetric_fences() noexcept;
+inline bool asymmetric_fences() noexcept {
+    static const bool available = register_asymmetric_fences();
+    return available;
+}
+inline void light_fence() noexcept {
+    if (asymmetric_fences()) std::atomic_signal_fence(std::memory_order_seq_cst);
+    else std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+void heavy_fence() noexcept;
+
 /// What a task is awaiting right now, so that another thread can cancel it. The awaiting
-/// side attaches/detaches around each co_await (a store and one CAS); a canceller takes the
-/// slot briefly (kBusy) so the target cannot finish and vanish while it is being poked.
-/// Cancellation is sticky: everything the task awaits afterwards is cancelled at once.
+/// side attaches/detaches around each co_await with plain stores and a light fence (no
+/// locked instruction: this runs on every operation); a canceller announces itself in
+/// busy_, runs the heavy fence and then pokes the target, so the awaiting side either
+/// sees the canceller (and waits for it before its target can vanish) or the canceller
+/// sees the target gone. Cancellation is sticky: everything the task awaits afterwards is
+/// cancelled at once.
 class CancelSlot {
 public:
     void attach(CancelTarget* t) noexcept {
         if (t == nullptr) return;
         current_.store(reinterpret_cast<std::uintptr_t>(t), std::memory_order_release);
+        light_fence();
         if (const std::uint8_t r = sticky_.load(std::memory_order_acquire)) t->cancel(t, r);
     }
     void detach() noexcept {
-        std::uintptr_t v = current_.load(std::memory_order_acquire);
-        for (;;) {
-            if (v == 0) return;
-            if (v == kBusy) {
-                std::this_thread::yield();
-                v = current_.load(std::memory_order_acquire);
-                continue;
-            }
-            if (current_.compare_exchange_weak(v, 0, std::memory_order_acq_rel, std::memory_order_acquire))
-                return;
-        }
+        if (current_.load(std::memory_order_relaxed) == 0) return;
+        current_.store(0, std::memory_order_relaxed);
+        light_fence();
+        if (busy_.load(std::memory_order_acquire) != 0) wait_idle();
     }
     /// Cancels the current target (if any) and everything awaited later. Returns false if
     /// nothing was attached at that instant (callers that must not miss may retry).
-    bool cancel(std::uint8_t result) noexcept {
-        std::uint8_t expected = 0;
-        sticky_.compare_exchange_strong(expected, result, std::memory_order_acq_rel);
-        std::uintptr_t v;
-        while ((v = current_.exchange(kBusy, std::memory_order_acq_rel)) == kBusy) std::this_thread::yield();
-        if (v != 0) {
-            auto* t = reinterpret_cast<CancelTarget*>(v);
-            t->cancel(t, result);
-        }
-        current_.store(v, std::memory_order_release);
-        return v != 0;
-    }
+    bool cancel(std::uint8_t result) noexcept;
     [[nodiscard]] std::uint8_t cancelled() const noexcept { return sticky_.load(std::memory_order_acquire); }
 
 private:
-    static constexpr std::uintptr_t kBusy = 1;
+    void wait_idle() const noexcept;
     std::atomic<std::uintptr_t> current_{0};
     std::atomic<std::uint8_t> sticky_{0};
+    std::atomic<std::uint32_t> busy_{0};  // cancellers poking the current target
 };
 
 }  // namespace btsp::detail
