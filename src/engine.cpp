@@ -45,17 +45,8 @@ using Clock = std::chrono::steady_clock;
 // membarrier(PRIVATE_EXPEDITED), which executes a full barrier on every running thread of
 // the process, then reads the owner's mode. Either the watchdog sees the owner's new
 // mode or the owner sees the takeover request; never neither. Without membarrier (old
-// kernel, seccomp, BTSP_NO_MEMBARRIER=1) both sides use a full fence instead. The
-// registration is shared with CancelSlot (include/btsp/detail/cancel.hpp).
-inline void light_barrier(bool asymmetric) noexcept {
-    if (asymmetric) std::atomic_signal_fence(std::memory_order_seq_cst);
-    else std::atomic_thread_fence(std::memory_order_seq_cst);
-}
-
-void heavy_barrier(bool asymmetric) noexcept {
-    if (asymmetric) heavy_fence();  // membarrier (src/cancel.cpp)
-    else std::atomic_thread_fence(std::memory_order_seq_cst);
-}
+// kernel, seccomp, BTSP_NO_MEMBARRIER=1) both sides use a full fence instead. The fences
+// are the ones CancelSlot uses (light_fence / heavy_fence, include/btsp/detail/cancel.hpp).
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -67,11 +58,11 @@ inline void cpu_relax() noexcept {
 
 ThreadCtx* current_thread_ctx() noexcept { return tls_ctx; }
 
-Engine::Engine(const ManagerOptions& options) : opts_(options), asymmetric_(asymmetric_fences()) {}
+Engine::Engine(const ManagerOptions& options) : opts_(options) {}
 
 bool Engine::owner_enter(ThreadCtx* c, std::uint8_t mode) noexcept {
     c->mode.store(mode, std::memory_order_relaxed);
-    light_barrier(asymmetric_);
+    light_fence();
     if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c) [[likely]]
         return true;
     return owner_wait_decision(c);
@@ -280,7 +271,7 @@ bool Engine::initialize(bool server_mode, std::uint16_t port) {
     }
     BTSP_LOG_DEBUG("initialized (%s, progress mode %s)", server_mode ? "server" : "client",
                    to_string(opts_.progress_mode).data());
-    BTSP_LOG_DEBUG("worker ownership: %s", asymmetric_ ? "membarrier (no locked instruction per operation)"
+    BTSP_LOG_DEBUG("worker ownership: %s", asymmetric_fences() ? "membarrier (no locked instruction per operation)"
                                                         : "full fences (membarrier unavailable)");
     return true;
 }
@@ -650,7 +641,7 @@ bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
             // owner is still in the same user code it cannot enter UCX without seeing the
             // announcement (and waiting for this decision).
             takeover_.store(1, std::memory_order_relaxed);
-            heavy_barrier(asymmetric_);
+            heavy_fence();
             const bool still = owner->mode.load(std::memory_order_acquire) == kUser &&
                                resume_count_.load(std::memory_order_relaxed) +
                                        lib_calls_.load(std::memory_order_relaxed) ==

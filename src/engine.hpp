@@ -251,7 +251,6 @@ private:
     std::atomic<ucp_ep_h> primary_ep_{nullptr};
 
     // ownership of the worker (see docs/architecture.md, "progress hand-off")
-    const bool asymmetric_;                     // membarrier available (see engine.cpp)
     std::atomic<ThreadCtx*> owner_{nullptr};    // written by the owner at start, then the watchdog
     std::atomic<std::uint8_t> takeover_{0};     // 1 while the watchdog decides a hand-off
     std::atomic<std::uint64_t> resume_count_{0};
