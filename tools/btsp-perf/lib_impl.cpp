@@ -328,6 +328,14 @@ private:
         co_return true;
     }
 
+    // Sends a test command and waits for the server's "ready".
+    static RdmaTask<RdmaOpResult> start_command(CoroutineRdmaManager& m, const Cmd& c) {
+        char ready[8];
+        RdmaOpResult r = co_await m.tag_send(&c, sizeof c, kTagCmd);
+        if (r) r = co_await m.tag_recv(ready, sizeof ready, kTagReady);
+        co_return r;
+    }
+
     RdmaTask<bool> lat_task(std::size_t size, std::uint64_t iters, std::vector<double>* samples,
                             std::string& err) {
         CoroutineRdmaManager& m = *m_;
@@ -335,9 +343,7 @@ private:
         c.kind = kCmdLat;
         c.size = size;
         c.iters = iters;
-        char ready[8];
-        RdmaOpResult r = co_await m.tag_send(&c, sizeof c, kTagCmd);
-        if (r) r = co_await m.tag_recv(ready, sizeof ready, kTagReady);
+        RdmaOpResult r = co_await start_command(m, c);
         if (!r) {
             err = describe("lat setup", r);
             co_return false;
@@ -384,9 +390,7 @@ private:
         c.size = size;
         c.iters = iters;
         c.window = window;
-        char ready[8];
-        RdmaOpResult r = co_await m.tag_send(&c, sizeof c, kTagCmd);
-        if (r) r = co_await m.tag_recv(ready, sizeof ready, kTagReady);
+        RdmaOpResult r = co_await start_command(m, c);
         if (!r) {
             err = describe("stream setup", r);
             co_return false;
