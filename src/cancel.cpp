@@ -18,6 +18,12 @@ bool register_asymmetric_fences() noexcept {
     return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
 
+std::uint8_t decide_fence_mode() noexcept {
+    static const std::uint8_t mode = register_asymmetric_fences() ? 1 : 2;
+    fence_mode.store(mode, std::memory_order_relaxed);
+    return mode;
+}
+
 void heavy_fence() noexcept {
     if (!asymmetric_fences() || ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
         std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -58,15 +58,7 @@ inline void cpu_relax() noexcept {
 
 ThreadCtx* current_thread_ctx() noexcept { return tls_ctx; }
 
-Engine::Engine(const ManagerOptions& options) : opts_(options) {}
-
-bool Engine::owner_enter(ThreadCtx* c, std::uint8_t mode) noexcept {
-    c->mode.store(mode, std::memory_order_relaxed);
-    light_fence();
-    if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c) [[likely]]
-        return true;
-    return owner_wait_decision(c);
-}
+Engine::Engine(const ManagerOptions& options) : opts_(options) { set_coarse_now(Clock::now()); }
 
 // A hand-off is being decided (the watchdog is inside membarrier, microseconds): wait for
 // the outcome. After it the owner is either still us or the watchdog's thread.
@@ -629,8 +621,7 @@ bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
         ThreadCtx* const owner = owner_.load(std::memory_order_acquire);
         if (owner == nullptr) continue;
         const std::uint8_t mode = owner->mode.load(std::memory_order_acquire);
-        const std::uint64_t resumes = resume_count_.load(std::memory_order_relaxed) +
-                                      lib_calls_.load(std::memory_order_relaxed);
+        const std::uint64_t resumes = activity_.load(std::memory_order_relaxed);
         const bool stale = mode == kUser && last_mode == kUser && owner == last_owner && resumes == last_resumes;
         stale_periods = stale ? stale_periods + 1 : 0;
         // Blocked (sleeping, waiting on a lock or I/O): take over after one period. Running
@@ -643,9 +634,7 @@ bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
             takeover_.store(1, std::memory_order_relaxed);
             heavy_fence();
             const bool still = owner->mode.load(std::memory_order_acquire) == kUser &&
-                               resume_count_.load(std::memory_order_relaxed) +
-                                       lib_calls_.load(std::memory_order_relaxed) ==
-                                   resumes;
+                               activity_.load(std::memory_order_relaxed) == resumes;
             if (still) {
                 const std::uint64_t gen = owner->gen + 1;
                 ctx->gen = gen;
@@ -683,10 +672,9 @@ bool Engine::run_ready(ThreadCtx* ctx) noexcept {
     while (ReadyNode* n = ready_head_) {
         ready_head_ = n->next_ready;
         if (ready_head_ == nullptr) ready_tail_ = nullptr;
-        n->next_ready = nullptr;
         ctx->mode.store(kUser, std::memory_order_release);  // publishes the engine state
-        resume_count_.store(resume_count_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        n->on_ready(n);
+        bump(activity_);
+        n->waiter.resume();
         if (!owner_enter(ctx, kLoop)) return false;
     }
     return true;
@@ -748,14 +736,14 @@ bool Engine::owner_loop(ThreadCtx* ctx) noexcept {
 void Engine::idle_wait() noexcept {
     switch (opts_.progress_mode) {
         case ProgressMode::POLLING:
-            if ((++idle_iterations_ & 4095) == 0) coarse_now_ = Clock::now();
+            if ((++idle_iterations_ & 4095) == 0) set_coarse_now(Clock::now());
             return;
         case ProgressMode::ADAPTIVE: {
             // No clock read per message: the idle period is timed from its 1024th
             // iteration (~50 us of polling), checked every 1024 iterations after that.
             if ((++idle_iterations_ & 1023) != 0) return;
             const auto now = Clock::now();
-            coarse_now_ = now;
+            set_coarse_now(now);
             if (idle_iterations_ == 1024) {
                 last_activity_ = now;
                 return;
@@ -801,7 +789,7 @@ void Engine::idle_wait() noexcept {
     sleeping_.store(false, std::memory_order_relaxed);
     idle_iterations_ = 0;
     woke_up_ = true;
-    coarse_now_ = Clock::now();
+    set_coarse_now(Clock::now());
 }
 
 void Engine::wake() noexcept {
@@ -811,7 +799,7 @@ void Engine::wake() noexcept {
 
 bool Engine::run_timers() noexcept {
     const auto now = Clock::now();
-    coarse_now_ = now;
+    set_coarse_now(now);
     bool fired = false;
     while (timers_head_ != nullptr && timers_head_->deadline <= now) {
         TimerNode* t = timers_head_;
@@ -899,29 +887,170 @@ void Engine::precheck(Operation* op) const noexcept {
     }
 }
 
+bool start_operation(Operation* op) noexcept { return op->engine->start(op); }
+
+// The fast path: a send or receive awaited by one of our coroutines on the owning thread,
+// with nothing unusual about it (arguments fine, connected, not shutting down, not
+// cancelled, no hand-off being decided). Everything else takes start_general().
 bool Engine::start(Operation* op) noexcept {
     ThreadCtx* c = tls_ctx;
+    if (c != nullptr && c->engine == this && op->kind <= OpKind::RECV &&
+        c->mode.load(std::memory_order_relaxed) == kUser && data_args_ok(op)) [[likely]] {
+        // Claim the worker for the UCX call so a hand-off cannot happen in the middle of it
+        // (owner_enter without its slow branch: anything unusual backs out to the general path).
+        c->mode.store(kLib, std::memory_order_relaxed);
+        light_fence();
+        Connection* conn = live_head_;
+        if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c &&
+            conn != nullptr && !tearing_down_ && op->cancel_request.load(std::memory_order_acquire) == 0) [[likely]] {
+            const bool pending = op->kind == OpKind::SEND ? send_owned(op, conn) : recv_owned(op, conn);
+            // Activity for the watchdog: a coroutine that keeps starting operations is
+            // busy, not blocked, and is not handed off.
+            bump(activity_);
+            c->mode.store(kUser, std::memory_order_release);
+            return pending;
+        }
+        c->mode.store(kUser, std::memory_order_relaxed);  // UCX untouched: back to where we were
+    }
+    return start_general(op);
+}
+
+[[gnu::noinline]] bool Engine::start_general(Operation* op) noexcept {
+    ThreadCtx* c = tls_ctx;
     if (c != nullptr && c->engine == this) {
-        // Fast path: we own the worker and run user code. Claim it for the UCX call so a
-        // hand-off cannot happen in the middle of it.
         const std::uint8_t mode = c->mode.load(std::memory_order_relaxed);
         if (mode == kUser) {
             if (owner_enter(c, kLib)) {
-                post(op);
-                // Activity for the watchdog: a coroutine that keeps starting operations is
-                // busy, not blocked, and is not handed off.
-                lib_calls_.store(lib_calls_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+                const bool pending = start_owned(op);
+                bump(activity_);
                 c->mode.store(kUser, std::memory_order_release);
-                return (op->flags & kOpCompleted) == 0;
+                return pending;
             }
             c->mode.store(kUser, std::memory_order_relaxed);  // handed off: submit below
         } else if (mode == kLib && owner_.load(std::memory_order_relaxed) == c) {
-            post(op);  // inside a WorkerGuard of ours
-            return (op->flags & kOpCompleted) == 0;
+            return start_owned(op);  // inside a WorkerGuard of ours
         }
     }
-    // Any other thread: hand the op to the owner. Keep the engine alive until we are done
-    // touching it (the op may complete and its coroutine finish before we return).
+    return submit(op);
+}
+
+// On the owning thread, worker claimed: check, then post.
+bool Engine::start_owned(Operation* op) noexcept {
+    precheck(op);
+    if (op->flags & kOpCompleted) {
+        record_early(op);
+        return false;
+    }
+    post(op);
+    return (op->flags & kOpCompleted) == 0;
+}
+
+// The metrics sample: latency of 1 operation in 64 (a clock read costs more than the rest).
+inline std::int64_t Engine::sample_start() noexcept {
+    if ((++sample_counter_ & 63) != 0) [[likely]] return 0;
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// Fast-path send. An eager send completes inside the call (the common case for small
+// messages): result and metrics right here, no registry. Otherwise send_posted().
+[[gnu::always_inline]] inline bool Engine::send_owned(Operation* op, Connection* conn) noexcept {
+    op->conn = conn;
+    op->request = nullptr;
+    op->sample_t0 = sample_start();
+    op->flags |= kOpInUcxCall;
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = &Engine::send_callback;
+    p.user_data = op;
+    if (op->memh != nullptr) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        p.memh = static_cast<ucp_mem_h>(op->memh);
+    }
+    const ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, &p);
+    if (sp == nullptr) [[likely]] {  // done at once (eager), no callback follows
+        op->result.result = RdmaResult::SUCCESS;
+        op->result.bytes_transferred = op->size;
+        op->flags = kOpCompleted;
+        record_ok(send_stats_, op->size, op->sample_t0);
+        return false;
+    }
+    return send_posted(op, sp);
+}
+
+[[gnu::noinline]] bool Engine::send_posted(Operation* op, ucs_status_ptr_t sp) noexcept {
+    if (UCS_PTR_IS_ERR(sp)) {
+        finish(op, UCS_PTR_STATUS(sp), 0, 0);
+    } else if ((op->flags & kOpCompleted) == 0) {
+        op->request = sp;
+        track(op);
+    }
+    return after_post(op);
+}
+
+// Fast-path receive: posted, and tracked unless the message was already there (then the
+// callback ran inside the call).
+[[gnu::always_inline]] inline bool Engine::recv_owned(Operation* op, Connection* conn) noexcept {
+    op->conn = conn;
+    op->request = nullptr;
+    op->sample_t0 = sample_start();
+    op->flags |= kOpInUcxCall;
+    ucp_request_param_t p;
+    // NO_IMM_CMPL: in UCX 1.13 an immediately completed receive does not report its
+    // length and tag (field notes); the callback path always does.
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    p.cb.recv = &Engine::recv_callback;
+    p.user_data = op;
+    if (op->memh != nullptr) {
+        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        p.memh = static_cast<ucp_mem_h>(op->memh);
+    }
+    const ucs_status_ptr_t sp =
+        ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag, op->tag_mask, &p);
+    if ((op->flags & kOpCompleted) == 0 && !UCS_PTR_IS_ERR(sp) && sp != nullptr) [[likely]] {
+        op->request = sp;
+        track_kind<OpKind::RECV>(op);
+        op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
+        if (op->timeout.count() > 0) [[unlikely]] arm_deadline(op);
+        return true;
+    }
+    return recv_posted(op, sp);
+}
+
+[[gnu::noinline]] bool Engine::recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept {
+    if (op->flags & kOpCompleted) {
+        // the callback ran inside the call
+    } else if (UCS_PTR_IS_ERR(sp)) {
+        finish(op, UCS_PTR_STATUS(sp), 0, 0);
+    } else if (sp == nullptr) {
+        // Not expected with NO_IMM_CMPL; the length is unknown then.
+        BTSP_LOG_WARN("ucp_tag_recv_nbx completed at once despite NO_IMM_CMPL; length unknown");
+        op->result.result = RdmaResult::SUCCESS;
+        op->result.bytes_transferred = op->size;
+        op->flags |= kOpCompleted;
+    }
+    return after_post(op);
+}
+
+// After the UCX call of a posted operation: report an immediate completion to metrics
+// (the caller continues without suspending), or arm its deadline.
+bool Engine::after_post(Operation* op) noexcept {
+    op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
+    if (op->flags & kOpCompleted) {
+        record(op);
+        return false;
+    }
+    if (op->timeout.count() > 0 && (op->flags & kOpTracked)) arm_deadline(op);
+    return true;
+}
+
+// Any other thread: check, then hand the op to the owner. Keep the engine alive until we
+// are done touching it (the op may complete and its coroutine finish before we return).
+[[gnu::noinline]] bool Engine::submit(Operation* op) noexcept {
+    precheck(op);
+    if (op->flags & kOpCompleted) {
+        record_early(op);
+        return false;
+    }
     std::shared_ptr<Engine> keep = shared_from_this();
     Operation* head = submit_head_.load(std::memory_order_relaxed);
     do {
@@ -980,41 +1109,59 @@ bool Engine::drain_submissions() noexcept {
     return true;
 }
 
-void Engine::post(Operation* op) noexcept {
+// Refuses an operation that reached the owner after teardown began or was cancelled
+// before it started (UCX never sees it).
+[[gnu::noinline]] void Engine::post_refused(Operation* op) noexcept {
     if (tearing_down_) {
         op->fail_now(RdmaResult::DISCONNECTED, kShutDown);
-        return;
-    }
-    if (const std::uint8_t r = op->cancel_request.load(std::memory_order_acquire)) {
-        // Cancelled (or timed out through with_timeout) before it started: UCX never sees it.
+    } else {
+        const std::uint8_t r = op->cancel_request.load(std::memory_order_acquire);
         op->fail_now(static_cast<RdmaResult>(r), r == static_cast<std::uint8_t>(RdmaResult::TIMEOUT)
-                                                      ? "timed out before it started"
-                                                      : "cancelled before it started");
-        return;
+                                                     ? "timed out before it started"
+                                                     : "cancelled before it started");
     }
-    if ((++sample_counter_ & 63) == 0) {  // latency of 1 op in 64
-        op->sample_t0 = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-    }
-    // Completions during the call are reported by the caller, not via the ready list.
-    op->flags |= kOpInUcxCall;
+    record(op);
+}
+
+[[gnu::noinline]] void Engine::post_control(Operation* op) noexcept {
     switch (op->kind) {
-        case OpKind::SEND: post_send(op); break;
-        case OpKind::RECV: post_recv(op); break;
         case OpKind::CONNECT: start_connect(op); break;
         case OpKind::LISTEN: start_listen(op); break;
         case OpKind::DISCONNECT: start_disconnect(op); break;
         case OpKind::INSPECT: inspect(op); break;
+        case OpKind::SEND:
+        case OpKind::RECV: break;
     }
+}
+
+[[gnu::noinline]] void Engine::arm_deadline(Operation* op) noexcept {
+    op->deadline_timer.fire = [](TimerNode* t) noexcept {
+        auto* o = static_cast<Operation*>(t->ctx);
+        o->engine->cancel_pending(o, RdmaResult::TIMEOUT, "deadline expired");
+    };
+    op->deadline_timer.ctx = op;
+    arm_timer(&op->deadline_timer, Clock::now() + op->timeout);
+}
+
+// Owner thread, worker claimed, op checked. Completions during the UCX call are reported
+// by the caller (start's return value or drain_submissions), not via the ready list.
+inline void Engine::post(Operation* op) noexcept {
+    op->conn = nullptr;
+    op->request = nullptr;
+    if (tearing_down_ || op->cancel_request.load(std::memory_order_acquire) != 0) [[unlikely]] {
+        post_refused(op);
+        return;
+    }
+    op->sample_t0 = 0;
+    if ((++sample_counter_ & 63) == 0) [[unlikely]]  // latency of 1 op in 64
+        op->sample_t0 = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+    op->flags |= kOpInUcxCall;
+    if (op->kind == OpKind::SEND) [[likely]] post_send(op);
+    else if (op->kind == OpKind::RECV) [[likely]] post_recv(op);
+    else post_control(op);
     op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
     if (op->flags & kOpCompleted) record(op);
-    if (op->timeout.count() > 0 && (op->flags & kOpTracked)) {
-        op->deadline_timer.fire = [](TimerNode* t) noexcept {
-            auto* o = static_cast<Operation*>(t->ctx);
-            o->engine->cancel_pending(o, RdmaResult::TIMEOUT, "deadline expired");
-        };
-        op->deadline_timer.ctx = op;
-        arm_timer(&op->deadline_timer, Clock::now() + op->timeout);
-    }
+    else if (op->timeout.count() > 0 && (op->flags & kOpTracked)) [[unlikely]] arm_deadline(op);
 }
 
 void Operation::request_cancel(CancelTarget* self, std::uint8_t result) noexcept {
@@ -1070,7 +1217,7 @@ void Engine::cancel_pending(Operation* op, RdmaResult r, const char* why) noexce
     }
 }
 
-void Engine::post_send(Operation* op) noexcept {
+inline void Engine::post_send(Operation* op) noexcept {
     Connection* conn = primary();
     if (conn == nullptr) {
         op->fail_now(RdmaResult::DISCONNECTED, "not connected");
@@ -1101,7 +1248,7 @@ void Engine::post_send(Operation* op) noexcept {
     track(op);
 }
 
-void Engine::post_recv(Operation* op) noexcept {
+inline void Engine::post_recv(Operation* op) noexcept {
     Connection* conn = primary();
     if (conn == nullptr) {
         // No live connection. A message that arrived before its peer went away still
@@ -1142,29 +1289,13 @@ void Engine::post_recv(Operation* op) noexcept {
     track(op);
 }
 
-void Engine::send_callback(void* request, ucs_status_t status, void* user_data) noexcept {
-    auto* op = static_cast<Operation*>(user_data);
-    ucp_request_free(request);
-    op->request = nullptr;
-    op->engine->finish(op, status, op->size, 0);
-}
-
-void Engine::recv_callback(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
-                           void* user_data) noexcept {
-    auto* op = static_cast<Operation*>(user_data);
-    // `info` lives inside the request: read it before the request goes back to UCX.
-    const std::size_t length = info != nullptr ? info->length : 0;
-    const std::uint64_t sender_tag = info != nullptr ? info->sender_tag : 0;
-    ucp_request_free(request);
-    op->request = nullptr;
-    op->engine->finish(op, status, length, sender_tag);
-}
-
-void Engine::finish(Operation* op, ucs_status_t status, std::size_t length,
-                    std::uint64_t sender_tag) noexcept {
+// UCX completion of a pending operation (inside ucp_worker_progress, or inside the
+// posting call for some failures): sets the result; complete() queues the resume.
+inline void Engine::finish(Operation* op, ucs_status_t status, std::size_t length,
+                           std::uint64_t sender_tag) noexcept {
     RdmaOpResult& r = op->result;
     r.status = status;
-    if (status == UCS_OK) {
+    if (status == UCS_OK) [[likely]] {
         r.result = RdmaResult::SUCCESS;
         r.bytes_transferred = length;
         r.sender_tag = sender_tag;
@@ -1182,41 +1313,56 @@ void Engine::finish(Operation* op, ucs_status_t status, std::size_t length,
     complete(op);
 }
 
-void Engine::complete(Operation* op) noexcept {
+// A successful completion from a UCX callback (inside ucp_worker_progress, or inside the
+// posting call; then the poster reports it).
+template <OpKind K>
+inline void Engine::complete_ok(Operation* op, std::size_t bytes) noexcept {
+    op->result.result = RdmaResult::SUCCESS;
+    op->result.bytes_transferred = bytes;
+    if (op->flags & kOpTracked) untrack_kind<K>(op);
     op->flags |= kOpCompleted;
     if ((op->flags & kOpInUcxCall) == 0) {
-        record(op);
+        record_ok(K == OpKind::SEND ? send_stats_ : recv_stats_, bytes, op->sample_t0);
         push_ready(op);
     }
 }
 
-KindCounters* Engine::counters_for(OpKind k) noexcept {
-    switch (k) {
-        case OpKind::SEND: return &send_stats_;
-        case OpKind::RECV: return &recv_stats_;
-        case OpKind::CONNECT: return &connect_stats_;
-        default: return nullptr;
+void Engine::send_callback(void* request, ucs_status_t status, void* user_data) noexcept {
+    auto* op = static_cast<Operation*>(user_data);
+    ucp_request_free(request);
+    op->request = nullptr;
+    Engine* e = op->engine;
+    if (status == UCS_OK) [[likely]] e->complete_ok<OpKind::SEND>(op, op->size);
+    else e->finish(op, status, op->size, 0);
+}
+
+void Engine::recv_callback(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
+                           void* user_data) noexcept {
+    auto* op = static_cast<Operation*>(user_data);
+    // `info` lives inside the request: read it before the request goes back to UCX.
+    const std::size_t length = info != nullptr ? info->length : 0;
+    const std::uint64_t sender_tag = info != nullptr ? info->sender_tag : 0;
+    ucp_request_free(request);
+    op->request = nullptr;
+    Engine* e = op->engine;
+    if (status == UCS_OK) [[likely]] {
+        op->result.sender_tag = sender_tag;
+        e->complete_ok<OpKind::RECV>(op, length);
+    } else {
+        e->finish(op, status, length, sender_tag);
     }
 }
 
-void Engine::record(const Operation* op) noexcept {
-    KindCounters* k = counters_for(op->kind);
-    if (k == nullptr) return;
-    const auto r = static_cast<std::size_t>(op->result.result);
-    bump(k->completed);
-    if (r < k->by_result.size()) bump(k->by_result[r]);
-    if (op->result.result == RdmaResult::SUCCESS) bump(k->bytes, op->result.bytes_transferred);
-    if (op->sample_t0 != 0) {
-        const std::int64_t now =
-            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-        const auto ns = static_cast<std::uint64_t>(now > op->sample_t0 ? now - op->sample_t0 : 0);
-        int b = ns == 0 ? 0 : static_cast<int>(std::bit_width(ns));
-        if (b >= LatencyHistogram::kBuckets) b = LatencyHistogram::kBuckets - 1;
-        bump(k->latency[static_cast<std::size_t>(b)]);
-        bump(k->lat_count);
-        bump(k->lat_sum, ns);
-        if (ns > k->lat_max.load(std::memory_order_relaxed)) k->lat_max.store(ns, std::memory_order_relaxed);
-    }
+void Engine::record_latency(KindCounters* k, std::int64_t t0) noexcept {
+    const std::int64_t now =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+    const auto ns = static_cast<std::uint64_t>(now > t0 ? now - t0 : 0);
+    int b = ns == 0 ? 0 : static_cast<int>(std::bit_width(ns));
+    if (b >= LatencyHistogram::kBuckets) b = LatencyHistogram::kBuckets - 1;
+    bump(k->latency[static_cast<std::size_t>(b)]);
+    bump(k->lat_count);
+    bump(k->lat_sum, ns);
+    if (ns > k->lat_max.load(std::memory_order_relaxed)) k->lat_max.store(ns, std::memory_order_relaxed);
 }
 
 void Engine::record_early(const Operation* op) noexcept {
@@ -1278,12 +1424,6 @@ MetricsSnapshot Engine::metrics() const noexcept {
     return s;
 }
 
-void Engine::push_ready(ReadyNode* node) noexcept {
-    node->next_ready = nullptr;
-    if (ready_tail_) ready_tail_->next_ready = node; else ready_head_ = node;
-    ready_tail_ = node;
-}
-
 void Engine::cancel_op(Operation* op, RdmaResult r, const char* why) noexcept {
     if (op->request == nullptr || (op->flags & kOpCompleted)) return;
     op->flags |= kOpCancelling;
@@ -1291,54 +1431,6 @@ void Engine::cancel_op(Operation* op, RdmaResult r, const char* why) noexcept {
     op->cancel_detail = why;
     // May run the callback synchronously (then the op completes right here).
     ucp_request_cancel(worker_, op->request);
-}
-
-void Engine::track(Operation* op) noexcept {
-    op->flags |= kOpTracked;
-    // The loop's cached time (refreshed when it idles or runs timers; no clock read per
-    // op): good enough for "pending for 12 s" in an in-flight dump.
-    op->posted_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(coarse_now_.time_since_epoch()).count();
-    op->reg_prev = nullptr;
-    op->reg_next = tracked_head_;
-    if (tracked_head_) tracked_head_->reg_prev = op;
-    tracked_head_ = op;
-    if (op->conn) ++op->conn->tracked_ops;
-    bool state_may_change = false;
-    if (op->kind == OpKind::SEND) {
-        if (op->conn) ++op->conn->pending_sends;
-        const auto n = sends_in_flight_.load(std::memory_order_relaxed);
-        sends_in_flight_.store(n + 1, std::memory_order_relaxed);
-        state_may_change = n == 0;
-    } else if (op->kind == OpKind::RECV) {
-        const auto n = recvs_in_flight_.load(std::memory_order_relaxed);
-        recvs_in_flight_.store(n + 1, std::memory_order_relaxed);
-        state_may_change = n == 0;
-    }
-    if (state_may_change && waiter_count_.load(std::memory_order_relaxed) != 0) notify_waiters(false);
-}
-
-void Engine::untrack(Operation* op) noexcept {
-    op->flags &= static_cast<std::uint8_t>(~kOpTracked);
-    if (op->deadline_timer.armed) disarm_timer(&op->deadline_timer);
-    if (op->reg_prev) op->reg_prev->reg_next = op->reg_next; else tracked_head_ = op->reg_next;
-    if (op->reg_next) op->reg_next->reg_prev = op->reg_prev;
-    op->reg_prev = op->reg_next = nullptr;
-    bool state_may_change = false;
-    if (op->kind == OpKind::SEND) {
-        if (op->conn) --op->conn->pending_sends;
-        const auto n = sends_in_flight_.load(std::memory_order_relaxed);
-        sends_in_flight_.store(n - 1, std::memory_order_relaxed);
-        state_may_change = n == 1;
-    } else if (op->kind == OpKind::RECV) {
-        const auto n = recvs_in_flight_.load(std::memory_order_relaxed);
-        recvs_in_flight_.store(n - 1, std::memory_order_relaxed);
-        state_may_change = n == 1;
-    }
-    if (op->conn) {
-        --op->conn->tracked_ops;
-        maybe_free(op->conn);
-    }
-    if (state_may_change && waiter_count_.load(std::memory_order_relaxed) != 0) notify_waiters(false);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -82,6 +82,12 @@ public:
     bool start(Operation* op) noexcept;
     /// Pre-start check: fails `op` at once if the manager cannot run it at all.
     void precheck(Operation* op) const noexcept;
+    /// The cheap part of precheck() for a send or receive on the owning thread: true if
+    /// nothing in its arguments needs precheck() (the engine state is checked by post()).
+    bool data_args_ok(const Operation* op) const noexcept {
+        return op->size <= opts_.max_message_size && (op->buffer != nullptr || op->size == 0) &&
+               (op->kind == OpKind::RECV || !is_reserved_tag(op->tag));
+    }
 
     // ---- metrics ---------------------------------------------------------------------
     MetricsSnapshot metrics() const noexcept;
@@ -120,6 +126,8 @@ public:
     void push_ready(ReadyNode* node) noexcept;
     void track(Operation* op) noexcept;
     void untrack(Operation* op) noexcept;
+    template <OpKind K> void track_kind(Operation* op) noexcept;
+    template <OpKind K> void untrack_kind(Operation* op) noexcept;
     void arm_timer(TimerNode* t, std::chrono::steady_clock::time_point deadline) noexcept;
     void disarm_timer(TimerNode* t) noexcept;
     void set_base_state(RdmaState s) noexcept;
@@ -172,6 +180,10 @@ public:
     void remove_live(Connection* c) noexcept;
     void endpoint_created() noexcept { bump(eps_created_); }
     void endpoint_closed() noexcept { bump(eps_closed_); }
+    /// Refreshes the loop's cached clock (no clock read per operation).
+    void set_coarse_now(std::chrono::steady_clock::time_point now) noexcept {
+        coarse_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+    }
 
 private:
     friend class ::btsp::CoroutineRdmaManager;
@@ -200,10 +212,25 @@ private:
     void wake() noexcept;
     bool run_timers() noexcept;
 
-    // operations
+    // operations (the hot ones are inline in engine.cpp)
+    bool start_general(Operation* op) noexcept;
+    bool start_owned(Operation* op) noexcept;
+    bool submit(Operation* op) noexcept;
+    std::int64_t sample_start() noexcept;
+    bool send_owned(Operation* op, Connection* conn) noexcept;
+    bool send_posted(Operation* op, ucs_status_ptr_t sp) noexcept;
+    bool recv_owned(Operation* op, Connection* conn) noexcept;
+    bool recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept;
+    bool after_post(Operation* op) noexcept;
+    void record_ok(KindCounters& k, std::size_t bytes, std::int64_t sample_t0) noexcept;
+    template <OpKind K> void complete_ok(Operation* op, std::size_t bytes) noexcept;
     void post(Operation* op) noexcept;
     void post_send(Operation* op) noexcept;
     void post_recv(Operation* op) noexcept;
+    void post_control(Operation* op) noexcept;
+    void post_refused(Operation* op) noexcept;
+    void arm_deadline(Operation* op) noexcept;
+    void record_latency(KindCounters* k, std::int64_t t0) noexcept;
     bool drain_submissions() noexcept;
     void cancel_op(Operation* op, RdmaResult r, const char* why) noexcept;
     void cancel_pending(Operation* op, RdmaResult r, const char* why) noexcept;
@@ -253,9 +280,10 @@ private:
     // ownership of the worker (see docs/architecture.md, "progress hand-off")
     std::atomic<ThreadCtx*> owner_{nullptr};    // written by the owner at start, then the watchdog
     std::atomic<std::uint8_t> takeover_{0};     // 1 while the watchdog decides a hand-off
-    std::atomic<std::uint64_t> resume_count_{0};
-    std::atomic<std::uint64_t> lib_calls_{0};
-    std::atomic<int> owner_tid_{0};  // kernel tid of the owning thread (for the watchdog)  // operations started from user code (owner only)
+    // Resumes plus operations started from user code (owner only): a coroutine that keeps
+    // doing either is busy, not blocked, and is not handed off.
+    std::atomic<std::uint64_t> activity_{0};
+    std::atomic<int> owner_tid_{0};  // kernel tid of the owning thread (for the watchdog)
 
     // cross-thread submission (Treiber stack, drained whole) and wake-up
     std::atomic<Operation*> submit_head_{nullptr};
@@ -288,7 +316,7 @@ private:
     std::atomic<int> blocked_threads_{0};
     bool torn_down_ = false;
     std::chrono::steady_clock::time_point last_activity_{};
-    std::chrono::steady_clock::time_point coarse_now_ = std::chrono::steady_clock::now();
+    std::int64_t coarse_ms_ = 0;  // steady clock in ms, refreshed by the loop (set_coarse_now)
     std::uint32_t idle_iterations_ = 0;
     std::uint32_t timer_check_ = 0;
     bool woke_up_ = false;
@@ -314,5 +342,119 @@ private:
 
 /// The engine thread context of the calling thread, or nullptr.
 ThreadCtx* current_thread_ctx() noexcept;
+
+// ---- hot-path helpers, inline (every operation goes through them) ----------------------
+
+inline bool Engine::owner_enter(ThreadCtx* c, std::uint8_t mode) noexcept {
+    c->mode.store(mode, std::memory_order_relaxed);
+    light_fence();
+    if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c) [[likely]]
+        return true;
+    return owner_wait_decision(c);
+}
+
+inline KindCounters* Engine::counters_for(OpKind k) noexcept {
+    switch (k) {
+        case OpKind::SEND: return &send_stats_;
+        case OpKind::RECV: return &recv_stats_;
+        case OpKind::CONNECT: return &connect_stats_;
+        default: return nullptr;
+    }
+}
+
+inline void Engine::record(const Operation* op) noexcept {
+    KindCounters* k = counters_for(op->kind);
+    if (k == nullptr) return;
+    const auto r = static_cast<std::size_t>(op->result.result);
+    bump(k->completed);
+    if (r < k->by_result.size()) [[likely]] bump(k->by_result[r]);
+    if (op->result.result == RdmaResult::SUCCESS) [[likely]] bump(k->bytes, op->result.bytes_transferred);
+    if (op->sample_t0 != 0) [[unlikely]] record_latency(k, op->sample_t0);
+}
+
+inline void Engine::record_ok(KindCounters& k, std::size_t bytes, std::int64_t sample_t0) noexcept {
+    bump(k.completed);
+    bump(k.by_result[static_cast<std::size_t>(RdmaResult::SUCCESS)]);
+    bump(k.bytes, bytes);
+    if (sample_t0 != 0) [[unlikely]] record_latency(&k, sample_t0);
+}
+
+inline void Engine::push_ready(ReadyNode* node) noexcept {
+    node->next_ready = nullptr;
+    if (ready_tail_) ready_tail_->next_ready = node; else ready_head_ = node;
+    ready_tail_ = node;
+}
+
+inline void Engine::complete(Operation* op) noexcept {
+    op->flags |= kOpCompleted;
+    if ((op->flags & kOpInUcxCall) == 0) {
+        record(op);
+        push_ready(op);
+    }
+}
+
+// Registry of what is pending in UCX (in-flight dump, cancellation, teardown), and the
+// counts behind SENDING / RECEIVING. K is the operation's kind where the caller knows it.
+template <OpKind K>
+inline void Engine::track_kind(Operation* op) noexcept {
+    op->flags |= kOpTracked;
+    op->posted_at_ms = coarse_ms_;
+    op->reg_prev = nullptr;
+    op->reg_next = tracked_head_;
+    if (tracked_head_) tracked_head_->reg_prev = op;
+    tracked_head_ = op;
+    Connection* conn = op->conn;
+    if constexpr (K == OpKind::SEND || K == OpKind::RECV) {
+        std::atomic<std::uint32_t>& in_flight = K == OpKind::SEND ? sends_in_flight_ : recvs_in_flight_;
+        if constexpr (K == OpKind::SEND) {
+            ++conn->tracked_ops;  // a send always has its connection
+            ++conn->pending_sends;
+        } else if (conn) {
+            ++conn->tracked_ops;  // a receive may have none (a message left by a gone peer)
+        }
+        const auto n = in_flight.load(std::memory_order_relaxed);
+        in_flight.store(n + 1, std::memory_order_relaxed);
+        // SENDING / RECEIVING begins: tell the state waiters.
+        if (n == 0 && waiter_count_.load(std::memory_order_relaxed) != 0) [[unlikely]] notify_waiters(false);
+    } else {
+        if (conn) ++conn->tracked_ops;
+    }
+}
+
+template <OpKind K>
+inline void Engine::untrack_kind(Operation* op) noexcept {
+    op->flags &= static_cast<std::uint8_t>(~kOpTracked);
+    if (op->deadline_timer.armed) [[unlikely]] disarm_timer(&op->deadline_timer);
+    if (op->reg_prev) op->reg_prev->reg_next = op->reg_next; else tracked_head_ = op->reg_next;
+    if (op->reg_next) op->reg_next->reg_prev = op->reg_prev;
+    Connection* conn = op->conn;
+    if (conn) {
+        if constexpr (K == OpKind::SEND) --conn->pending_sends;
+        --conn->tracked_ops;
+        if (conn->phase == ConnPhase::CLOSED) [[unlikely]] maybe_free(conn);
+    }
+    if constexpr (K == OpKind::SEND || K == OpKind::RECV) {
+        std::atomic<std::uint32_t>& in_flight = K == OpKind::SEND ? sends_in_flight_ : recvs_in_flight_;
+        const auto n = in_flight.load(std::memory_order_relaxed);
+        in_flight.store(n - 1, std::memory_order_relaxed);
+        if (n == 1 && waiter_count_.load(std::memory_order_relaxed) != 0) [[unlikely]] notify_waiters(false);
+    }
+}
+
+inline void Engine::track(Operation* op) noexcept {
+    switch (op->kind) {
+        case OpKind::SEND: track_kind<OpKind::SEND>(op); break;
+        case OpKind::RECV: track_kind<OpKind::RECV>(op); break;
+        default: track_kind<OpKind::CONNECT>(op); break;
+    }
+}
+
+inline void Engine::untrack(Operation* op) noexcept {
+    switch (op->kind) {
+        case OpKind::SEND: untrack_kind<OpKind::SEND>(op); break;
+        case OpKind::RECV: untrack_kind<OpKind::RECV>(op); break;
+        default: untrack_kind<OpKind::CONNECT>(op); break;
+    }
+}
 
 }  // namespace btsp::detail

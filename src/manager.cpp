@@ -3,23 +3,17 @@
 
 #include <btsp/manager.hpp>
 
+#include <cstring>
 #include <utility>
 
 namespace btsp {
-namespace {
-
-void resume_operation(detail::ReadyNode* node) noexcept {
-    static_cast<detail::Operation*>(node)->waiter.resume();
-}
-
-}  // namespace
 
 // ---- RdmaAwaitable ---------------------------------------------------------------------
 
 RdmaAwaitable::RdmaAwaitable(RdmaAwaitable&& other) noexcept
     : host_(std::move(other.host_)), stop_token_(std::move(other.stop_token_)) {
     op_.take(other.op_);
-    op_.host = host_.c_str();
+    op_.host = host_.get();
 }
 
 RdmaAwaitable&& RdmaAwaitable::timeout(std::chrono::nanoseconds d) && noexcept {
@@ -39,25 +33,15 @@ RdmaAwaitable& RdmaAwaitable::cancel_with(std::stop_token token) & noexcept {
     return *this;
 }
 
-bool RdmaAwaitable::await_suspend(std::coroutine_handle<> awaiting) noexcept {
-    op_.waiter = awaiting;
-    op_.host = host_.c_str();
-    // Registered before the operation starts (a stop already requested runs it at once).
-    if (stop_token_.stop_possible()) stop_callback_.emplace(stop_token_, OnStop{&op_});
-    return op_.engine->start(&op_);
-}
+void RdmaAwaitable::arm_stop_callback() noexcept { stop_callback_.emplace(stop_token_, OnStop{&op_}); }
 
 // ---- StateChangeAwaitable --------------------------------------------------------------
 
 StateChangeAwaitable::StateChangeAwaitable(detail::Engine* engine, RdmaState target) noexcept
-    : engine_(engine), target_(target) {
-    on_ready = &StateChangeAwaitable::resume_waiter;
-}
+    : engine_(engine), target_(target) {}
 
 StateChangeAwaitable::StateChangeAwaitable(StateChangeAwaitable&& other) noexcept
-    : engine_(other.engine_), target_(other.target_) {
-    on_ready = &StateChangeAwaitable::resume_waiter;
-}
+    : engine_(other.engine_), target_(other.target_) {}
 
 bool StateChangeAwaitable::await_ready() noexcept {
     if (engine_ == nullptr) return true;
@@ -69,12 +53,8 @@ bool StateChangeAwaitable::await_ready() noexcept {
 }
 
 bool StateChangeAwaitable::await_suspend(std::coroutine_handle<> awaiting) noexcept {
-    waiter_ = awaiting;
+    waiter = awaiting;
     return engine_->add_waiter(this);
-}
-
-void StateChangeAwaitable::resume_waiter(detail::ReadyNode* node) noexcept {
-    static_cast<StateChangeAwaitable*>(node)->waiter_.resume();
 }
 
 // ---- WorkerGuard -----------------------------------------------------------------------
@@ -108,60 +88,22 @@ bool CoroutineRdmaManager::initialize(bool server_mode, std::uint16_t port) {
 
 void CoroutineRdmaManager::shutdown() { engine_->shutdown(); }
 
-RdmaAwaitable CoroutineRdmaManager::make_op(detail::OpKind kind, const void* data, std::size_t size,
-                                            std::uint64_t tag, std::uint64_t mask) {
-    RdmaAwaitable a;
-    a.op_.engine = engine_.get();
-    a.op_.on_ready = &resume_operation;
-    a.op_.kind = kind;
-    a.op_.buffer = data;
-    a.op_.size = size;
-    a.op_.tag = tag;
-    a.op_.tag_mask = mask;
-    return a;
-}
-
-RdmaAwaitable CoroutineRdmaManager::tag_send(const void* data, std::size_t size, std::uint64_t tag) {
-    RdmaAwaitable a = make_op(detail::OpKind::SEND, data, size, tag, ~std::uint64_t{0});
-    engine_->precheck(&a.op_);
-    if (a.op_.flags & detail::kOpCompleted) engine_->record_early(&a.op_);
-    return a;
-}
-
-RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::uint64_t tag) {
-    return tag_recv(data, size, tag, ~std::uint64_t{0});
-}
-
-RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::uint64_t tag,
-                                             std::uint64_t tag_mask) {
-    RdmaAwaitable a = make_op(detail::OpKind::RECV, data, size, tag, tag_mask);
-    engine_->precheck(&a.op_);
-    if (a.op_.flags & detail::kOpCompleted) engine_->record_early(&a.op_);
-    return a;
-}
-
 RdmaAwaitable CoroutineRdmaManager::connect(const std::string& remote_addr, std::uint16_t remote_port) {
     RdmaAwaitable a = make_op(detail::OpKind::CONNECT, nullptr, 0, 0, 0);
-    a.host_ = remote_addr;
-    a.op_.host = a.host_.c_str();
+    a.host_ = std::make_unique<char[]>(remote_addr.size() + 1);
+    std::memcpy(a.host_.get(), remote_addr.c_str(), remote_addr.size() + 1);
+    a.op_.host = a.host_.get();
     a.op_.port = remote_port;
-    engine_->precheck(&a.op_);
-    if (a.op_.flags & detail::kOpCompleted) engine_->record_early(&a.op_);
     return a;
 }
 
 RdmaAwaitable CoroutineRdmaManager::listen(std::uint16_t port) {
     RdmaAwaitable a = make_op(detail::OpKind::LISTEN, nullptr, 0, 0, 0);
     a.op_.port = port;
-    engine_->precheck(&a.op_);
     return a;
 }
 
-RdmaAwaitable CoroutineRdmaManager::disconnect() {
-    RdmaAwaitable a = make_op(detail::OpKind::DISCONNECT, nullptr, 0, 0, 0);
-    engine_->precheck(&a.op_);
-    return a;
-}
+RdmaAwaitable CoroutineRdmaManager::disconnect() { return make_op(detail::OpKind::DISCONNECT, nullptr, 0, 0, 0); }
 
 StateChangeAwaitable CoroutineRdmaManager::wait_for_state(RdmaState target_state) {
     return StateChangeAwaitable(engine_.get(), target_state);

@@ -59,9 +59,15 @@ public:
     }
 
     bool await_ready() const noexcept { return (op_.flags & detail::kOpCompleted) != 0; }
-    bool await_suspend(std::coroutine_handle<> awaiting) noexcept;
+    /// Starts the operation; false (do not suspend) if it completed at once.
+    bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
+        op_.waiter = awaiting;
+        // Registered before the operation starts (a stop already requested runs it at once).
+        if (stop_token_.stop_possible()) [[unlikely]] arm_stop_callback();
+        return detail::start_operation(&op_);
+    }
     RdmaOpResult await_resume() noexcept {
-        stop_callback_.reset();
+        if (stop_callback_) [[unlikely]] stop_callback_.reset();
         return op_.result;
     }
 
@@ -76,9 +82,12 @@ private:
             detail::Operation::request_cancel(op, static_cast<std::uint8_t>(RdmaResult::CANCELLED));
         }
     };
-    RdmaAwaitable() = default;
+    RdmaAwaitable(detail::Engine* engine, detail::OpKind kind, const void* data, std::size_t size,
+                  std::uint64_t tag, std::uint64_t mask) noexcept
+        : op_(engine, kind, data, size, tag, mask) {}
+    void arm_stop_callback() noexcept;
     detail::Operation op_;
-    std::string host_;
+    std::unique_ptr<char[]> host_;  // connect(): the host name op_.host points to
     std::stop_token stop_token_;
     std::optional<std::stop_callback<OnStop>> stop_callback_;
 };
@@ -103,11 +112,9 @@ private:
     friend class CoroutineRdmaManager;
     friend class detail::Engine;
     StateChangeAwaitable(detail::Engine* engine, RdmaState target) noexcept;
-    static void resume_waiter(detail::ReadyNode* node) noexcept;
     detail::Engine* engine_ = nullptr;
     StateChangeAwaitable* prev_ = nullptr;  // engine's waiter list
     StateChangeAwaitable* next_ = nullptr;
-    std::coroutine_handle<> waiter_{};
     RdmaState target_ = RdmaState::CONNECTED;
     bool reached_ = false;
 };
@@ -230,10 +237,25 @@ public:
 
 private:
     RdmaAwaitable make_op(detail::OpKind kind, const void* data, std::size_t size,
-                          std::uint64_t tag, std::uint64_t mask);
+                          std::uint64_t tag, std::uint64_t mask) const noexcept {
+        return RdmaAwaitable(engine_.get(), kind, data, size, tag, mask);
+    }
 
     ManagerOptions options_;
     std::shared_ptr<detail::Engine> engine_;
 };
+
+// The data operations are built inline (they run once per message); the checks happen
+// when the operation starts (Engine::start), on whichever thread awaits it.
+inline RdmaAwaitable CoroutineRdmaManager::tag_send(const void* data, std::size_t size, std::uint64_t tag) {
+    return make_op(detail::OpKind::SEND, data, size, tag, ~std::uint64_t{0});
+}
+inline RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::uint64_t tag) {
+    return make_op(detail::OpKind::RECV, data, size, tag, ~std::uint64_t{0});
+}
+inline RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::uint64_t tag,
+                                                    std::uint64_t tag_mask) {
+    return make_op(detail::OpKind::RECV, data, size, tag, tag_mask);
+}
 
 }  // namespace btsp

@@ -15,13 +15,17 @@ struct CancelTarget {
 /// Whether the process can use membarrier(PRIVATE_EXPEDITED) (registered once, on first
 /// use): then the frequent side of a handshake needs only a compiler barrier
 /// (light_fence) and the rare side pays a syscall (heavy_fence).
+/// fence_mode: 0 = not decided yet, 1 = membarrier registered, 2 = full fences.
+inline std::atomic<std::uint8_t> fence_mode{0};
 bool register_asymmetric_fences() noexcept;
+std::uint8_t decide_fence_mode() noexcept;  // registers (once) and sets fence_mode
 inline bool asymmetric_fences() noexcept {
-    static const bool available = register_asymmetric_fences();
-    return available;
+    std::uint8_t m = fence_mode.load(std::memory_order_relaxed);
+    if (m == 0) [[unlikely]] m = decide_fence_mode();
+    return m == 1;
 }
 inline void light_fence() noexcept {
-    if (asymmetric_fences()) std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (asymmetric_fences()) [[likely]] std::atomic_signal_fence(std::memory_order_seq_cst);
     else std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 void heavy_fence() noexcept;
@@ -35,17 +39,17 @@ void heavy_fence() noexcept;
 /// cancelled at once.
 class CancelSlot {
 public:
-    void attach(CancelTarget* t) noexcept {
+    [[gnu::always_inline]] void attach(CancelTarget* t) noexcept {
         if (t == nullptr) return;
         current_.store(reinterpret_cast<std::uintptr_t>(t), std::memory_order_release);
         light_fence();
-        if (const std::uint8_t r = sticky_.load(std::memory_order_acquire)) t->cancel(t, r);
+        if (const std::uint8_t r = sticky_.load(std::memory_order_acquire)) [[unlikely]] t->cancel(t, r);
     }
-    void detach() noexcept {
+    [[gnu::always_inline]] void detach() noexcept {
         if (current_.load(std::memory_order_relaxed) == 0) return;
         current_.store(0, std::memory_order_relaxed);
         light_fence();
-        if (busy_.load(std::memory_order_acquire) != 0) wait_idle();
+        if (busy_.load(std::memory_order_acquire) != 0) [[unlikely]] wait_idle();
     }
     /// Cancels the current target (if any) and everything awaited later. Returns false if
     /// nothing was attached at that instant (callers that must not miss may retry).

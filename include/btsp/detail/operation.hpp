@@ -16,21 +16,22 @@ class Engine;
 class Connection;
 
 /// Something the engine completes after ucp_worker_progress has returned: an operation
-/// or a state waiter. Linked into the engine's ready list without allocation.
+/// or a state waiter. Linked into the engine's ready list without allocation; the
+/// progress thread resumes `waiter` outside any UCX callback.
 struct ReadyNode {
     ReadyNode* next_ready = nullptr;
-    /// Called on the progress thread, outside any UCX callback.
-    void (*on_ready)(ReadyNode*) noexcept = nullptr;
+    std::coroutine_handle<> waiter{};  // coroutine to resume on completion
 };
 
-/// A deadline in an engine's timer list (intrusive, sorted by deadline).
+/// A deadline in an engine's timer list (intrusive, sorted by deadline). Only `armed`
+/// needs a value before arm_timer() sets the rest (an Operation builds one per use).
 struct TimerNode {
-    std::chrono::steady_clock::time_point deadline{};
-    TimerNode* prev = nullptr;
-    TimerNode* next = nullptr;
-    bool armed = false;
+    std::chrono::steady_clock::time_point deadline;
+    TimerNode* prev;
+    TimerNode* next;
     void (*fire)(TimerNode*) noexcept = nullptr;
     void* ctx = nullptr;  // what the timer belongs to
+    bool armed = false;
 };
 
 enum class OpKind : std::uint8_t { SEND, RECV, CONNECT, LISTEN, DISCONNECT, INSPECT };
@@ -44,14 +45,20 @@ enum OpFlags : std::uint8_t {
 
 /// State of one operation. It lives inside its awaiter (so inside the awaiting
 /// coroutine's frame): no heap allocation per operation. UCX's user_data points here.
+/// Building one is on every operation's path, so only what is read before the engine
+/// writes it has a default; the rest is set where the operation goes (see each field).
 struct Operation : ReadyNode, CancelTarget {
     Operation() noexcept { cancel = &Operation::request_cancel; }
+    Operation(Engine* e, OpKind k, const void* data, std::size_t n, std::uint64_t t,
+              std::uint64_t mask) noexcept
+        : engine(e), buffer(data), size(n), tag(t), tag_mask(mask), kind(k) {
+        cancel = &Operation::request_cancel;
+    }
     Operation(const Operation&) = delete;
     Operation& operator=(const Operation&) = delete;
     /// Copies what describes the operation (an operation is moved only before it starts).
     void take(const Operation& o) noexcept {
         engine = o.engine;
-        on_ready = o.on_ready;
         buffer = o.buffer;
         size = o.size;
         tag = o.tag;
@@ -67,30 +74,32 @@ struct Operation : ReadyNode, CancelTarget {
     /// CancelTarget: asks the engine (from any thread) to end this operation with `result`.
     static void request_cancel(CancelTarget* self, std::uint8_t result) noexcept;
 
+    // What it is (set when the awaiter is built).
     Engine* engine = nullptr;
-    Connection* conn = nullptr;              // connection it was posted on
-    Operation* reg_prev = nullptr;           // engine registry of in-flight operations
-    Operation* reg_next = nullptr;
-    Operation* next_submit = nullptr;        // cross-thread submission queue
-    void* request = nullptr;                 // pending UCX request, if any
-    std::coroutine_handle<> waiter{};        // coroutine to resume on completion
     const void* buffer = nullptr;
     std::size_t size = 0;
     std::uint64_t tag = 0;
     std::uint64_t tag_mask = ~std::uint64_t{0};
-    RdmaOpResult result{};
-    RdmaResult cancel_result = RdmaResult::CANCELLED;  // reported if UCX cancels it
-    const char* cancel_detail = nullptr;
+    std::chrono::nanoseconds timeout{0};     // per-operation deadline (0 = none)
+    void* memh = nullptr;                    // ucp_mem_h of pre-registered memory, if any
+    const char* host = nullptr;              // connect: points into the awaiter's string
+    std::uint16_t port = 0;                  // connect / listen
     OpKind kind = OpKind::SEND;
     std::uint8_t flags = 0;
-    std::uint16_t port = 0;                  // connect / listen
-    const char* host = nullptr;              // connect: points into the awaiter's string
-    std::chrono::nanoseconds timeout{0};     // per-operation deadline (0 = none)
-    TimerNode deadline_timer;
     std::atomic<std::uint8_t> cancel_request{0};  // RdmaResult asked for by another thread
-    void* memh = nullptr;                    // ucp_mem_h of pre-registered memory, if any
-    std::int64_t sample_t0 = 0;              // metrics: start time (ns) of a sampled op
-    std::int64_t posted_at_ms = 0;           // coarse time it became pending (in-flight dump)
+    RdmaResult cancel_result;                // set with kOpCancelling: reported if UCX cancels it
+    RdmaOpResult result{};
+
+    // Where it is (set by the engine when it posts or queues it).
+    Connection* conn;                        // connection it was posted on (post)
+    void* request;                           // pending UCX request (set before kOpTracked)
+    Operation* reg_prev;                     // engine registry of in-flight operations (track)
+    Operation* reg_next;
+    Operation* next_submit;                  // cross-thread submission queue (start)
+    const char* cancel_detail;               // set with kOpCancelling
+    std::int64_t sample_t0;                  // metrics: start time (ns) of a sampled op, else 0 (post)
+    std::int64_t posted_at_ms;               // coarse time it became pending (track)
+    TimerNode deadline_timer;
 
     void fail_now(RdmaResult r, const char* why) noexcept {
         result.result = r;
@@ -98,5 +107,10 @@ struct Operation : ReadyNode, CancelTarget {
         flags |= kOpCompleted;
     }
 };
+
+/// Starts `op` (its waiter is set) on its engine, from any thread. Returns true if the
+/// caller must suspend (the operation completes later on the progress thread), false if
+/// it already completed (failed checks included).
+bool start_operation(Operation* op) noexcept;
 
 }  // namespace btsp::detail
