@@ -35,7 +35,7 @@ public:
     RdmaAwaitable& operator=(RdmaAwaitable&&) = delete;
     RdmaAwaitable(const RdmaAwaitable&) = delete;
     RdmaAwaitable& operator=(const RdmaAwaitable&) = delete;
-    ~RdmaAwaitable() = default;
+    [[gnu::always_inline]] ~RdmaAwaitable() = default;
 
     /// Deadline: if the operation has not completed `d` after it starts, it completes with
     /// RdmaResult::TIMEOUT. What that does underneath: a receive is cancelled in UCX (its
@@ -58,15 +58,15 @@ public:
         return std::move(*this);
     }
 
-    bool await_ready() const noexcept { return (op_.flags & detail::kOpCompleted) != 0; }
+    [[gnu::always_inline]] bool await_ready() const noexcept { return (op_.flags & detail::kOpCompleted) != 0; }
     /// Starts the operation; false (do not suspend) if it completed at once.
-    bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
+    [[gnu::always_inline]] bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
         op_.waiter = awaiting;
         // Registered before the operation starts (a stop already requested runs it at once).
         if (stop_token_.stop_possible()) [[unlikely]] arm_stop_callback();
         return detail::start_operation(&op_);
     }
-    RdmaOpResult await_resume() noexcept {
+    [[gnu::always_inline]] RdmaOpResult await_resume() noexcept {
         if (stop_callback_) [[unlikely]] stop_callback_.reset();
         return op_.result;
     }

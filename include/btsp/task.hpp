@@ -48,17 +48,19 @@ decltype(auto) get_awaiter(A&& a);
 template <typename A>
 class AwaitRef {
 public:
-    AwaitRef(A&& a, CancelSlot* slot) noexcept
+    // Forced inline: in a large coroutine GCC otherwise keeps these as calls, which costs
+    // a call frame on every co_await of every operation.
+    [[gnu::always_inline]] AwaitRef(A&& a, CancelSlot* slot) noexcept
         : a_(std::forward<A>(a)), slot_(slot), awaiter_(get_awaiter(std::forward<A>(a_))) {}
-    bool await_ready() { return awaiter_.await_ready(); }
+    [[gnu::always_inline]] bool await_ready() { return awaiter_.await_ready(); }
     template <typename H>
-    decltype(auto) await_suspend(H h) {
+    [[gnu::always_inline]] decltype(auto) await_suspend(H h) {
         if constexpr (Cancellable<std::remove_reference_t<A>>) {
             if (slot_ != nullptr) slot_->attach(a_.cancel_target());
         }
         return awaiter_.await_suspend(h);
     }
-    decltype(auto) await_resume() {
+    [[gnu::always_inline]] decltype(auto) await_resume() {
         if constexpr (Cancellable<std::remove_reference_t<A>>) {
             if (slot_ != nullptr) slot_->detach();
         }

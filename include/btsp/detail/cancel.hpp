@@ -19,12 +19,12 @@ struct CancelTarget {
 inline std::atomic<std::uint8_t> fence_mode{0};
 bool register_asymmetric_fences() noexcept;
 std::uint8_t decide_fence_mode() noexcept;  // registers (once) and sets fence_mode
-inline bool asymmetric_fences() noexcept {
+[[gnu::always_inline]] inline bool asymmetric_fences() noexcept {
     std::uint8_t m = fence_mode.load(std::memory_order_relaxed);
     if (m == 0) [[unlikely]] m = decide_fence_mode();
     return m == 1;
 }
-inline void light_fence() noexcept {
+[[gnu::always_inline]] inline void light_fence() noexcept {
     if (asymmetric_fences()) [[likely]] std::atomic_signal_fence(std::memory_order_seq_cst);
     else std::atomic_thread_fence(std::memory_order_seq_cst);
 }
