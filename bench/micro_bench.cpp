@@ -103,8 +103,8 @@ void BM_ResumeSymmetricTransfer(benchmark::State& state) {
 }
 BENCHMARK(BM_ResumeSymmetricTransfer);
 
-// RdmaAwaitable construction on a manager that was never initialised: the operation fails
-// at once ("manager not initialized"); measures building the awaiter and its checks.
+// RdmaAwaitable construction (tag_send builds it inline; its checks run when it is
+// awaited, so this is the construction alone, on a manager that was never initialised).
 void BM_AwaitableConstructUninit(benchmark::State& state) {
     CoroutineRdmaManager m;
     char buf[8] = {};
@@ -123,7 +123,8 @@ RdmaTask<void> co_await_uninit_loop(benchmark::State& s, CoroutineRdmaManager& m
     }
 }
 
-// Same, plus co_await inside a coroutine (completes without suspending).
+// Same, plus co_await inside a coroutine: the checks run and the operation fails at once
+// ("manager not initialized"), without suspending.
 void BM_AwaitableCoAwaitUninit(benchmark::State& state) {
     CoroutineRdmaManager m;
     RdmaTask<void> t = co_await_uninit_loop(state, m);
