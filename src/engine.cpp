@@ -968,8 +968,7 @@ inline std::int64_t Engine::sample_start() noexcept {
     }
     const ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, &p);
     if (sp == nullptr) [[likely]] {  // done at once (eager), no callback follows
-        op->result.result = RdmaResult::SUCCESS;
-        op->result.bytes_transferred = op->size;
+        set_success(op->result, op->size, 0);
         op->flags = kOpCompleted;
         record_ok(send_stats_, op->size, op->sample_t0);
         return false;
@@ -1316,9 +1315,8 @@ inline void Engine::finish(Operation* op, ucs_status_t status, std::size_t lengt
 // A successful completion from a UCX callback (inside ucp_worker_progress, or inside the
 // posting call; then the poster reports it).
 template <OpKind K>
-inline void Engine::complete_ok(Operation* op, std::size_t bytes) noexcept {
-    op->result.result = RdmaResult::SUCCESS;
-    op->result.bytes_transferred = bytes;
+inline void Engine::complete_ok(Operation* op, std::size_t bytes, std::uint64_t sender_tag) noexcept {
+    set_success(op->result, bytes, sender_tag);
     if (op->flags & kOpTracked) untrack_kind<K>(op);
     op->flags |= kOpCompleted;
     if ((op->flags & kOpInUcxCall) == 0) {
@@ -1332,7 +1330,7 @@ void Engine::send_callback(void* request, ucs_status_t status, void* user_data) 
     ucp_request_free(request);
     op->request = nullptr;
     Engine* e = op->engine;
-    if (status == UCS_OK) [[likely]] e->complete_ok<OpKind::SEND>(op, op->size);
+    if (status == UCS_OK) [[likely]] e->complete_ok<OpKind::SEND>(op, op->size, 0);
     else e->finish(op, status, op->size, 0);
 }
 
@@ -1346,8 +1344,7 @@ void Engine::recv_callback(void* request, ucs_status_t status, const ucp_tag_rec
     op->request = nullptr;
     Engine* e = op->engine;
     if (status == UCS_OK) [[likely]] {
-        op->result.sender_tag = sender_tag;
-        e->complete_ok<OpKind::RECV>(op, length);
+        e->complete_ok<OpKind::RECV>(op, length, sender_tag);
     } else {
         e->finish(op, status, length, sender_tag);
     }

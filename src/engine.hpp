@@ -14,7 +14,12 @@
 
 #include <ucp/api/ucp.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <array>
+#include <cstddef>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -223,7 +228,7 @@ private:
     bool recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept;
     bool after_post(Operation* op) noexcept;
     void record_ok(KindCounters& k, std::size_t bytes, std::int64_t sample_t0) noexcept;
-    template <OpKind K> void complete_ok(Operation* op, std::size_t bytes) noexcept;
+    template <OpKind K> void complete_ok(Operation* op, std::size_t bytes, std::uint64_t sender_tag) noexcept;
     void post(Operation* op) noexcept;
     void post_send(Operation* op) noexcept;
     void post_recv(Operation* op) noexcept;
@@ -344,6 +349,26 @@ private:
 ThreadCtx* current_thread_ctx() noexcept;
 
 // ---- hot-path helpers, inline (every operation goes through them) ----------------------
+
+/// Writes a successful result with two 16-byte stores and one 8-byte store, the widths the
+/// awaiting coroutine copies an RdmaOpResult with. After an immediate completion that copy
+/// follows within a few dozen instructions; narrow field stores just before a wide load
+/// defeat store-to-load forwarding, and the load then waits for the stores to reach the
+/// cache (perf showed it as the hottest instruction of a send loop).
+inline void set_success(RdmaOpResult& r, std::size_t bytes, std::uint64_t sender_tag) noexcept {
+#if defined(__SSE2__)
+    static_assert(offsetof(RdmaOpResult, result) == 0 && offsetof(RdmaOpResult, bytes_transferred) == 8 &&
+                  offsetof(RdmaOpResult, status) == 16 && offsetof(RdmaOpResult, sender_tag) == 24 &&
+                  offsetof(RdmaOpResult, detail) == 32 && sizeof(RdmaOpResult) == 40);
+    auto* v = reinterpret_cast<__m128i*>(&r);
+    _mm_storeu_si128(v, _mm_set_epi64x(static_cast<long long>(bytes),
+                                       static_cast<long long>(RdmaResult::SUCCESS)));
+    _mm_storeu_si128(v + 1, _mm_set_epi64x(static_cast<long long>(sender_tag), 0));  // status UCS_OK
+    r.detail = nullptr;
+#else
+    r = RdmaOpResult{RdmaResult::SUCCESS, bytes, 0, sender_tag, nullptr};
+#endif
+}
 
 inline bool Engine::owner_enter(ThreadCtx* c, std::uint8_t mode) noexcept {
     c->mode.store(mode, std::memory_order_relaxed);
