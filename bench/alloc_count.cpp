@@ -131,18 +131,22 @@ RdmaTask<void> receiver(CoroutineRdmaManager& m, char* buf, std::size_t size, St
 }
 RdmaTask<bool> run_side(CoroutineRdmaManager& m, bool send, char* buf, std::size_t size, unsigned window,
                         StreamCtl& c, std::vector<RdmaTask<void>>& tasks) {
-    // One hop to the progress thread first, so all coroutines are started there.
     char sync[8] = {};
-    // (no co_await inside ?: -- GCC 12 miscompiles that)
-    RdmaOpResult r;
     if (send) {
-        r = co_await m.tag_recv(sync, sizeof sync, kTagPing);
+        // Wait for the receiving side's go (so all its coroutine frames exist before the
+        // measured phase starts); this also hops to the progress thread, where the
+        // senders are then started.
+        const RdmaOpResult r = co_await m.tag_recv(sync, sizeof sync, kTagPing);
+        if (!r) co_return false;
+        for (unsigned i = 0; i < window; ++i) tasks.push_back(sender(m, buf, size, c));
     } else {
-        r = co_await m.tag_send(sync, sizeof sync, kTagPing);
+        // Receivers first, then the go. (Started after the go, the first receiver could
+        // find a backlog and receive for a long time without suspending, and the frames
+        // of the others would be allocated inside the sender's measured phase.)
+        for (unsigned i = 0; i < window; ++i) tasks.push_back(receiver(m, buf, size, c));
+        const RdmaOpResult r = co_await m.tag_send(sync, sizeof sync, kTagPing);
+        if (!r) co_return false;
     }
-    if (!r) co_return false;
-    for (unsigned i = 0; i < window; ++i)
-        tasks.push_back(send ? sender(m, buf, size, c) : receiver(m, buf, size, c));
     for (auto& t : tasks) co_await t;
     co_return c.ok;
 }

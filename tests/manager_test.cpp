@@ -18,6 +18,7 @@
 #include <deque>
 #include <memory>
 #include <set>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -1095,6 +1096,83 @@ TEST_F(ManagerTest, ManagerLocalToCoroutineIsDestroyedAtCoroutineEnd) {
     EXPECT_EQ(*v, 1);
     EXPECT_TRUE(wait_until([&] { return server_->get_state() == RdmaState::LISTENING; }, 3s))
         << server_->get_state();
+}
+
+// The checks of an operation run when it is awaited. On the progress thread a send or
+// receive takes the fast path (engine.cpp, Engine::start) and anything unusual falls back
+// to the full checks; every fallback must report what the slow path reports.
+RdmaTask<std::vector<RdmaOpResult>> checks_on_progress_thread(CoroutineRdmaManager& m, std::uint8_t* buf,
+                                                              std::thread::id* ran_on) {
+    std::vector<RdmaOpResult> out;
+    const RdmaOpResult first = co_await m.tag_recv(buf, 8, 90);  // resumes on the progress thread
+    out.push_back(first);
+    *ran_on = std::this_thread::get_id();
+    RdmaOpResult r = co_await m.tag_send(buf, 8, 0xB75FC0DE00000001ull);  // reserved tag
+    out.push_back(r);
+    r = co_await m.tag_send(nullptr, 8, 91);  // null buffer
+    out.push_back(r);
+    r = co_await m.tag_send(buf, 4096, 91);  // over max_message_size (1024 here)
+    out.push_back(r);
+    r = co_await m.tag_recv(buf, 4096, 91);
+    out.push_back(r);
+    std::stop_source stopped;
+    stopped.request_stop();
+    r = co_await m.tag_send(buf, 8, 91).cancel_with(stopped.get_token());  // cancelled before it starts
+    out.push_back(r);
+    r = co_await m.tag_send(buf, 8, 91);  // the fast path itself
+    out.push_back(r);
+    r = co_await m.disconnect();
+    out.push_back(r);
+    r = co_await m.tag_send(buf, 8, 91);  // no connection left
+    out.push_back(r);
+    co_return out;
+}
+
+TEST_F(ManagerTest, ChecksRunOnTheProgressThreadToo) {
+    ManagerOptions o = test_options();
+    o.max_message_size = 1024;
+    ASSERT_NO_FATAL_FAILURE(connect_pair(o));
+    std::uint8_t* buf = buffer(4096);
+    std::uint8_t* in = buffer(64);
+    auto got = start(server_->tag_recv(in, 64, 91));  // the one good send lands here
+    std::thread::id ran_on{};
+    auto t = start(checks_on_progress_thread(*client_, buf, &ran_on));
+    ASSERT_TRUE(await_within(server_->tag_send(buffer(8, 3), 8, 90), kOpLimit).value_or(RdmaOpResult{}));
+    const auto v = t->wait_for(kOpLimit);
+    ASSERT_TRUE(v.has_value()) << "the task did not finish";
+    ASSERT_EQ(v->size(), 9u);
+    EXPECT_NE(ran_on, std::this_thread::get_id()) << "the checks did not run on the progress thread";
+    EXPECT_TRUE((*v)[0]) << (*v)[0];
+    EXPECT_EQ((*v)[1].result, RdmaResult::FAILURE) << (*v)[1];
+    EXPECT_NE((*v)[1].reason().find("reserved"), std::string_view::npos) << (*v)[1];
+    EXPECT_EQ((*v)[2].result, RdmaResult::FAILURE) << (*v)[2];
+    EXPECT_EQ((*v)[2].reason(), "null buffer");
+    for (int i : {3, 4}) {
+        EXPECT_EQ((*v)[i].result, RdmaResult::FAILURE) << (*v)[i];
+        EXPECT_NE((*v)[i].reason().find("max_message_size"), std::string_view::npos) << (*v)[i];
+    }
+    EXPECT_EQ((*v)[5].result, RdmaResult::CANCELLED) << (*v)[5];
+    EXPECT_EQ((*v)[5].reason(), "cancelled before it started");
+    EXPECT_TRUE((*v)[6]) << (*v)[6];
+    EXPECT_EQ((*v)[6].bytes_transferred, 8u);
+    EXPECT_TRUE((*v)[7]) << (*v)[7];
+    EXPECT_EQ((*v)[8].result, RdmaResult::DISCONNECTED) << (*v)[8];
+    EXPECT_EQ((*v)[8].reason(), "not connected");
+    const auto g = got->wait_for(kOpLimit);
+    ASSERT_TRUE(g.has_value());
+    EXPECT_TRUE(*g) << *g;
+    EXPECT_EQ(g->bytes_transferred, 8u);
+
+    // Every one of them is counted: 1 good send, 6 failed or cancelled (reserved, null,
+    // too large, cancelled, not connected); the receive: 1 good, 1 too large.
+    const btsp::MetricsSnapshot s = client_->metrics();
+    EXPECT_EQ(s.send.completed, 6u);
+    EXPECT_EQ(s.send.by_result[static_cast<std::size_t>(RdmaResult::SUCCESS)], 1u);
+    EXPECT_EQ(s.send.by_result[static_cast<std::size_t>(RdmaResult::FAILURE)], 3u);
+    EXPECT_EQ(s.send.by_result[static_cast<std::size_t>(RdmaResult::CANCELLED)], 1u);
+    EXPECT_EQ(s.send.by_result[static_cast<std::size_t>(RdmaResult::DISCONNECTED)], 1u);
+    EXPECT_EQ(s.recv.completed, 2u);
+    EXPECT_EQ(s.recv.by_result[static_cast<std::size_t>(RdmaResult::FAILURE)], 1u);
 }
 
 // ============================================================================================
