@@ -951,21 +951,31 @@ inline std::int64_t Engine::sample_start() noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
 }
 
-// Fast-path send. An eager send completes inside the call (the common case for small
-// messages): result and metrics right here, no registry. Otherwise send_posted().
-[[gnu::always_inline]] inline bool Engine::send_owned(Operation* op, Connection* conn) noexcept {
+// What posting a send or receive starts with: where it goes, the metrics sample, "inside
+// the UCX call" (completions during it are reported by the poster), and the parameters
+// (the caller sets the callback).
+[[gnu::always_inline]] inline ucp_request_param_t Engine::begin_post(Operation* op, Connection* conn,
+                                                                     std::uint32_t extra_attrs) noexcept {
     op->conn = conn;
     op->request = nullptr;
     op->sample_t0 = sample_start();
     op->flags |= kOpInUcxCall;
     ucp_request_param_t p;
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = &Engine::send_callback;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | extra_attrs;
     p.user_data = op;
     if (op->memh != nullptr) {
         p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
         p.memh = static_cast<ucp_mem_h>(op->memh);
     }
+    return p;
+}
+
+// Posts a send (the fast path, and post() for the rest). An eager send completes inside
+// the call (the common case for small messages): result and metrics right here, no
+// registry. Otherwise send_posted().
+[[gnu::always_inline]] inline bool Engine::send_owned(Operation* op, Connection* conn) noexcept {
+    ucp_request_param_t p = begin_post(op, conn, 0);
+    p.cb.send = &Engine::send_callback;
     const ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, &p);
     if (sp == nullptr) [[likely]] {  // done at once (eager), no callback follows
         set_success(op->result, op->size, 0);
@@ -987,22 +997,12 @@ inline std::int64_t Engine::sample_start() noexcept {
 }
 
 // Fast-path receive: posted, and tracked unless the message was already there (then the
-// callback ran inside the call).
+// callback ran inside the call). `conn` is null for a message left by a peer that is gone.
 [[gnu::always_inline]] inline bool Engine::recv_owned(Operation* op, Connection* conn) noexcept {
-    op->conn = conn;
-    op->request = nullptr;
-    op->sample_t0 = sample_start();
-    op->flags |= kOpInUcxCall;
-    ucp_request_param_t p;
     // NO_IMM_CMPL: in UCX 1.13 an immediately completed receive does not report its
     // length and tag (field notes); the callback path always does.
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    ucp_request_param_t p = begin_post(op, conn, UCP_OP_ATTR_FLAG_NO_IMM_CMPL);
     p.cb.recv = &Engine::recv_callback;
-    p.user_data = op;
-    if (op->memh != nullptr) {
-        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-        p.memh = static_cast<ucp_mem_h>(op->memh);
-    }
     const ucs_status_ptr_t sp =
         ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag, op->tag_mask, &p);
     if ((op->flags & kOpCompleted) == 0 && !UCS_PTR_IS_ERR(sp) && sp != nullptr) [[likely]] {
@@ -1151,16 +1151,30 @@ inline void Engine::post(Operation* op) noexcept {
         post_refused(op);
         return;
     }
-    op->sample_t0 = 0;
-    if ((++sample_counter_ & 63) == 0) [[unlikely]]  // latency of 1 op in 64
-        op->sample_t0 = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-    op->flags |= kOpInUcxCall;
-    if (op->kind == OpKind::SEND) [[likely]] post_send(op);
-    else if (op->kind == OpKind::RECV) [[likely]] post_recv(op);
-    else post_control(op);
-    op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
-    if (op->flags & kOpCompleted) record(op);
-    else if (op->timeout.count() > 0 && (op->flags & kOpTracked)) [[unlikely]] arm_deadline(op);
+    Connection* conn = primary();
+    switch (op->kind) {
+        case OpKind::SEND:
+            if (conn == nullptr) break;
+            (void)send_owned(op, conn);
+            return;
+        case OpKind::RECV:
+            // No live connection: a message that arrived before its peer went away still
+            // waits in UCX's unexpected queue; deliver it rather than lose it.
+            if (conn == nullptr) {
+                ucp_tag_recv_info_t info;
+                if (ucp_tag_probe_nb(worker_, op->tag, op->tag_mask, 0, &info) == nullptr) break;
+            }
+            (void)recv_owned(op, conn);
+            return;
+        default:
+            op->sample_t0 = sample_start();
+            op->flags |= kOpInUcxCall;
+            post_control(op);
+            (void)after_post(op);
+            return;
+    }
+    op->fail_now(RdmaResult::DISCONNECTED, "not connected");
+    record(op);
 }
 
 void Operation::request_cancel(CancelTarget* self, std::uint8_t result) noexcept {
@@ -1214,78 +1228,6 @@ void Engine::cancel_pending(Operation* op, RdmaResult r, const char* why) noexce
         case OpKind::INSPECT:
             break;
     }
-}
-
-inline void Engine::post_send(Operation* op) noexcept {
-    Connection* conn = primary();
-    if (conn == nullptr) {
-        op->fail_now(RdmaResult::DISCONNECTED, "not connected");
-        return;
-    }
-    op->conn = conn;
-    ucp_request_param_t p;
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = &Engine::send_callback;
-    p.user_data = op;
-    if (op->memh != nullptr) {
-        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-        p.memh = static_cast<ucp_mem_h>(op->memh);
-    }
-    ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, &p);
-    if (sp == nullptr) {  // done at once (eager), no callback follows
-        op->result.result = RdmaResult::SUCCESS;
-        op->result.bytes_transferred = op->size;
-        op->flags |= kOpCompleted;
-        return;
-    }
-    if (UCS_PTR_IS_ERR(sp)) {
-        finish(op, UCS_PTR_STATUS(sp), 0, 0);
-        return;
-    }
-    if (op->flags & kOpCompleted) return;
-    op->request = sp;
-    track(op);
-}
-
-inline void Engine::post_recv(Operation* op) noexcept {
-    Connection* conn = primary();
-    if (conn == nullptr) {
-        // No live connection. A message that arrived before its peer went away still
-        // waits in UCX's unexpected queue: deliver it rather than lose it.
-        ucp_tag_recv_info_t info;
-        if (ucp_tag_probe_nb(worker_, op->tag, op->tag_mask, 0, &info) == nullptr) {
-            op->fail_now(RdmaResult::DISCONNECTED, "not connected");
-            return;
-        }
-    }
-    op->conn = conn;
-    ucp_request_param_t p;
-    // NO_IMM_CMPL: in UCX 1.13 an immediately completed receive does not report its
-    // length and tag (field notes); the callback path always does.
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
-    p.cb.recv = &Engine::recv_callback;
-    p.user_data = op;
-    if (op->memh != nullptr) {
-        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-        p.memh = static_cast<ucp_mem_h>(op->memh);
-    }
-    ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag,
-                                           op->tag_mask, &p);
-    if (op->flags & kOpCompleted) return;  // the callback ran inside the call
-    if (UCS_PTR_IS_ERR(sp)) {
-        finish(op, UCS_PTR_STATUS(sp), 0, 0);
-        return;
-    }
-    if (sp == nullptr) {
-        // Not expected with NO_IMM_CMPL; the length is unknown then.
-        BTSP_LOG_WARN("ucp_tag_recv_nbx completed at once despite NO_IMM_CMPL; length unknown");
-        op->result.result = RdmaResult::SUCCESS;
-        op->result.bytes_transferred = op->size;
-        op->flags |= kOpCompleted;
-        return;
-    }
-    op->request = sp;
-    track(op);
 }
 
 // UCX completion of a pending operation (inside ucp_worker_progress, or inside the

@@ -222,6 +222,7 @@ private:
     bool start_owned(Operation* op) noexcept;
     bool submit(Operation* op) noexcept;
     std::int64_t sample_start() noexcept;
+    ucp_request_param_t begin_post(Operation* op, Connection* conn, std::uint32_t extra_attrs) noexcept;
     bool send_owned(Operation* op, Connection* conn) noexcept;
     bool send_posted(Operation* op, ucs_status_ptr_t sp) noexcept;
     bool recv_owned(Operation* op, Connection* conn) noexcept;
@@ -230,8 +231,6 @@ private:
     void record_ok(KindCounters& k, std::size_t bytes, std::int64_t sample_t0) noexcept;
     template <OpKind K> void complete_ok(Operation* op, std::size_t bytes, std::uint64_t sender_tag) noexcept;
     void post(Operation* op) noexcept;
-    void post_send(Operation* op) noexcept;
-    void post_recv(Operation* op) noexcept;
     void post_control(Operation* op) noexcept;
     void post_refused(Operation* op) noexcept;
     void arm_deadline(Operation* op) noexcept;
