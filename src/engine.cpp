@@ -1147,6 +1147,7 @@ bool Engine::drain_submissions() noexcept {
 inline void Engine::post(Operation* op) noexcept {
     op->conn = nullptr;
     op->request = nullptr;
+    op->sample_t0 = 0;  // record() reads it for the ops that fail below
     if (tearing_down_ || op->cancel_request.load(std::memory_order_acquire) != 0) [[unlikely]] {
         post_refused(op);
         return;

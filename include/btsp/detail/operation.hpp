@@ -82,7 +82,7 @@ struct Operation : ReadyNode, CancelTarget {
     std::uint64_t tag_mask = ~std::uint64_t{0};
     std::chrono::nanoseconds timeout{0};     // per-operation deadline (0 = none)
     void* memh = nullptr;                    // ucp_mem_h of pre-registered memory, if any
-    const char* host = nullptr;              // connect: points into the awaiter's string
+    const char* host = nullptr;              // connect: the host name the awaiter holds
     std::uint16_t port = 0;                  // connect / listen
     OpKind kind = OpKind::SEND;
     std::uint8_t flags = 0;
@@ -95,9 +95,9 @@ struct Operation : ReadyNode, CancelTarget {
     void* request;                           // pending UCX request (set before kOpTracked)
     Operation* reg_prev;                     // engine registry of in-flight operations (track)
     Operation* reg_next;
-    Operation* next_submit;                  // cross-thread submission queue (start)
+    Operation* next_submit;                  // cross-thread submission queue (submit)
     const char* cancel_detail;               // set with kOpCancelling
-    std::int64_t sample_t0;                  // metrics: start time (ns) of a sampled op, else 0 (post)
+    std::int64_t sample_t0;                  // metrics: start time (ns) of a sampled op, else 0 (begin_post)
     std::int64_t posted_at_ms;               // coarse time it became pending (track)
     TimerNode deadline_timer;
 
