@@ -2,7 +2,7 @@
 // run against a peer in this process: every snippet of the sections before "高级用法", and
 // the tag matching, error handling and state monitoring snippets of "高级用法".
 //
-// Adaptations, and only these: the fixed port 12345 is `g_spec_port`, a free ephemeral
+// Adaptations, and only these: the fixed port 12345 is `g_spec_port`, a free port
 // port chosen by each test; the unreachable 192.168.1.100 is 127.0.0.1 on a port nobody
 // listens on (tests never leave loopback); `main` is `spec_main`; the bare statement
 // snippet of "基本设置" is wrapped in a function. What the snippets print is their

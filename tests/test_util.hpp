@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <coroutine>
@@ -159,19 +160,29 @@ inline double ms_since(Clock::time_point t0) {
 
 /// A TCP port on 127.0.0.1 that nobody listens on (bound to port 0, then closed).
 inline std::uint16_t free_tcp_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return 0;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    std::uint16_t port = 0;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-        socklen_t len = sizeof a;
-        if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) port = ntohs(a.sin_port);
+    // Below the kernel's ephemeral range (32768-60999 here): a port taken from that range
+    // and released can be handed by the kernel to any other socket (another test's
+    // listener on port 0, an outgoing connection) before the test binds it again, which
+    // made tests that listen on a chosen port flaky under parallel ctest. Ports below it
+    // are only ever taken explicitly; pick one at random and check that it is free.
+    static std::atomic<std::uint32_t> counter{0};
+    std::uint32_t x = static_cast<std::uint32_t>(::getpid()) * 2654435761u ^
+                      static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+                      (counter.fetch_add(1) * 40503u);
+    for (int attempt = 0; attempt < 200; ++attempt) {
+        x = x * 1664525u + 1013904223u;
+        const auto port = static_cast<std::uint16_t>(20000 + (x >> 8) % 12000);  // 20000..31999
+        const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) return 0;
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_ANY);  // UCX listens on all interfaces
+        a.sin_port = htons(port);
+        const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+        ::close(fd);
+        if (ok) return port;
     }
-    ::close(fd);
-    return port;
+    return 0;
 }
 
 /// A TCP socket that listens on 127.0.0.1 but never accepts (a peer that never answers).
