@@ -58,7 +58,15 @@ inline void cpu_relax() noexcept {
 
 ThreadCtx* current_thread_ctx() noexcept { return tls_ctx; }
 
-Engine::Engine(const ManagerOptions& options) : opts_(options) { set_coarse_now(Clock::now()); }
+Engine::Engine(const ManagerOptions& options) : opts_(options) {
+    set_coarse_now(Clock::now());
+    send_param_.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    send_param_.cb.send = &Engine::send_callback;
+    // NO_IMM_CMPL: in UCX 1.13 an immediately completed receive does not report its
+    // length and tag (field notes); the callback path always does.
+    recv_param_.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    recv_param_.cb.recv = &Engine::recv_callback;
+}
 
 // A hand-off is being decided (the watchdog is inside membarrier, microseconds): wait for
 // the outcome. After it the owner is either still us or the watchdog's thread.
@@ -495,8 +503,7 @@ void Engine::teardown() noexcept {
             op->request = nullptr;
         }
         untrack(op);
-        op->result.result = RdmaResult::DISCONNECTED;
-        op->result.detail = kShutDown;
+        op->result = RdmaOpResult{RdmaResult::DISCONNECTED, 0, 0, 0, kShutDown};
         complete(op);
     }
     for (Connection* conn = all_head_; conn != nullptr; conn = conn->all_next) {
@@ -916,6 +923,7 @@ bool Engine::start(Operation* op) noexcept {
 }
 
 [[gnu::noinline]] bool Engine::start_general(Operation* op) noexcept {
+    op->result = RdmaOpResult{};  // the general path writes results field by field
     ThreadCtx* c = tls_ctx;
     if (c != nullptr && c->engine == this) {
         const std::uint8_t mode = c->mode.load(std::memory_order_relaxed);
@@ -951,42 +959,50 @@ inline std::int64_t Engine::sample_start() noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
 }
 
-// What posting a send or receive starts with: where it goes, the metrics sample, "inside
-// the UCX call" (completions during it are reported by the poster), and the parameters
-// (the caller sets the callback).
-[[gnu::always_inline]] inline ucp_request_param_t Engine::begin_post(Operation* op, Connection* conn,
-                                                                     std::uint32_t extra_attrs) noexcept {
-    op->conn = conn;
-    op->request = nullptr;
-    op->sample_t0 = sample_start();
-    op->flags |= kOpInUcxCall;
-    ucp_request_param_t p;
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | extra_attrs;
-    p.user_data = op;
-    if (op->memh != nullptr) {
-        p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-        p.memh = static_cast<ucp_mem_h>(op->memh);
+// What posting a send or receive starts with: the metrics sample and "inside the UCX
+// call" (completions during it are reported by the poster). Returns the parameters: the
+// engine's prebuilt ones for the kind (one store: user_data), or a copy with the memory
+// handle. Every store here is paid per message, and a sender's stores queue behind its
+// writes into the peer's shared-memory FIFO.
+[[gnu::always_inline]] inline const ucp_request_param_t* Engine::begin_post(Operation* op, ucp_request_param_t& base,
+                                                                            ucp_request_param_t& local) noexcept {
+    op->flags = static_cast<std::uint8_t>((op->flags & ~kOpSampled) | kOpInUcxCall);
+    if (const std::int64_t t0 = sample_start(); t0 != 0) [[unlikely]] {
+        op->sample_t0 = t0;
+        op->flags |= kOpSampled;
     }
-    return p;
+    if (op->opts & kOptMemh) [[unlikely]] {
+        local = base;
+        local.user_data = op;
+        local.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        local.memh = static_cast<ucp_mem_h>(op->memh);
+        return &local;
+    }
+    base.user_data = op;
+    return &base;
 }
 
 // Posts a send (the fast path, and post() for the rest). An eager send completes inside
 // the call (the common case for small messages): result and metrics right here, no
-// registry. Otherwise send_posted().
+// registry, and nothing else written to the operation. Otherwise send_posted(). (UCX
+// never runs a send's callback inside the posting call; kOpInUcxCall covers it anyway.)
 [[gnu::always_inline]] inline bool Engine::send_owned(Operation* op, Connection* conn) noexcept {
-    ucp_request_param_t p = begin_post(op, conn, 0);
-    p.cb.send = &Engine::send_callback;
-    const ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, &p);
+    ucp_request_param_t local;
+    const ucp_request_param_t* p = begin_post(op, send_param_, local);
+    const ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, p);
     if (sp == nullptr) [[likely]] {  // done at once (eager), no callback follows
+        const std::int64_t t0 = op->sample();
         set_success(op->result, op->size, 0);
         op->flags = kOpCompleted;
-        record_ok(send_stats_, op->size, op->sample_t0);
+        record_ok(send_stats_, op->size, t0);
         return false;
     }
-    return send_posted(op, sp);
+    return send_posted(op, conn, sp);
 }
 
-[[gnu::noinline]] bool Engine::send_posted(Operation* op, ucs_status_ptr_t sp) noexcept {
+[[gnu::noinline]] bool Engine::send_posted(Operation* op, Connection* conn, ucs_status_ptr_t sp) noexcept {
+    op->conn = conn;
+    op->request = nullptr;
     if (UCS_PTR_IS_ERR(sp)) {
         finish(op, UCS_PTR_STATUS(sp), 0, 0);
     } else if ((op->flags & kOpCompleted) == 0) {
@@ -999,17 +1015,17 @@ inline std::int64_t Engine::sample_start() noexcept {
 // Fast-path receive: posted, and tracked unless the message was already there (then the
 // callback ran inside the call). `conn` is null for a message left by a peer that is gone.
 [[gnu::always_inline]] inline bool Engine::recv_owned(Operation* op, Connection* conn) noexcept {
-    // NO_IMM_CMPL: in UCX 1.13 an immediately completed receive does not report its
-    // length and tag (field notes); the callback path always does.
-    ucp_request_param_t p = begin_post(op, conn, UCP_OP_ATTR_FLAG_NO_IMM_CMPL);
-    p.cb.recv = &Engine::recv_callback;
+    op->conn = conn;  // recv_param_ has NO_IMM_CMPL: the callback may run inside the call
+    op->request = nullptr;
+    ucp_request_param_t local;
+    const ucp_request_param_t* p = begin_post(op, recv_param_, local);
     const ucs_status_ptr_t sp =
-        ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag, op->tag_mask, &p);
+        ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag, op->tag_mask, p);
     if ((op->flags & kOpCompleted) == 0 && !UCS_PTR_IS_ERR(sp) && sp != nullptr) [[likely]] {
         op->request = sp;
         track_kind<OpKind::RECV>(op);
         op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
-        if (op->timeout.count() > 0) [[unlikely]] arm_deadline(op);
+        if (op->opts & kOptTimeout) [[unlikely]] arm_deadline(op);
         return true;
     }
     return recv_posted(op, sp);
@@ -1023,8 +1039,7 @@ inline std::int64_t Engine::sample_start() noexcept {
     } else if (sp == nullptr) {
         // Not expected with NO_IMM_CMPL; the length is unknown then.
         BTSP_LOG_WARN("ucp_tag_recv_nbx completed at once despite NO_IMM_CMPL; length unknown");
-        op->result.result = RdmaResult::SUCCESS;
-        op->result.bytes_transferred = op->size;
+        op->result = RdmaOpResult{RdmaResult::SUCCESS, op->size, 0, 0, nullptr};
         op->flags |= kOpCompleted;
     }
     return after_post(op);
@@ -1038,7 +1053,7 @@ bool Engine::after_post(Operation* op) noexcept {
         record(op);
         return false;
     }
-    if (op->timeout.count() > 0 && (op->flags & kOpTracked)) arm_deadline(op);
+    if ((op->opts & kOptTimeout) && (op->flags & kOpTracked)) arm_deadline(op);
     return true;
 }
 
@@ -1147,7 +1162,7 @@ bool Engine::drain_submissions() noexcept {
 inline void Engine::post(Operation* op) noexcept {
     op->conn = nullptr;
     op->request = nullptr;
-    op->sample_t0 = 0;  // record() reads it for the ops that fail below
+    op->flags &= static_cast<std::uint8_t>(~kOpSampled);  // record() reads it for the ops that fail below
     if (tearing_down_ || op->cancel_request.load(std::memory_order_acquire) != 0) [[unlikely]] {
         post_refused(op);
         return;
@@ -1169,7 +1184,7 @@ inline void Engine::post(Operation* op) noexcept {
             return;
         default:
             op->sample_t0 = sample_start();
-            op->flags |= kOpInUcxCall;
+            op->flags |= op->sample_t0 != 0 ? kOpInUcxCall | kOpSampled : kOpInUcxCall;
             post_control(op);
             (void)after_post(op);
             return;
@@ -1235,7 +1250,7 @@ void Engine::cancel_pending(Operation* op, RdmaResult r, const char* why) noexce
 // posting call for some failures): sets the result; complete() queues the resume.
 inline void Engine::finish(Operation* op, ucs_status_t status, std::size_t length,
                            std::uint64_t sender_tag) noexcept {
-    RdmaOpResult& r = op->result;
+    RdmaOpResult r{};  // built whole: a send or receive starts with no result written
     r.status = status;
     if (status == UCS_OK) [[likely]] {
         r.result = RdmaResult::SUCCESS;
@@ -1251,6 +1266,7 @@ inline void Engine::finish(Operation* op, ucs_status_t status, std::size_t lengt
         r.result = map_status(status);
         if (status == UCS_ERR_MESSAGE_TRUNCATED) r.bytes_transferred = length;
     }
+    op->result = r;
     if (op->flags & kOpTracked) untrack(op);
     complete(op);
 }
@@ -1259,11 +1275,12 @@ inline void Engine::finish(Operation* op, ucs_status_t status, std::size_t lengt
 // posting call; then the poster reports it).
 template <OpKind K>
 inline void Engine::complete_ok(Operation* op, std::size_t bytes, std::uint64_t sender_tag) noexcept {
+    prefetch_resume(op);
     set_success(op->result, bytes, sender_tag);
     if (op->flags & kOpTracked) untrack_kind<K>(op);
     op->flags |= kOpCompleted;
     if ((op->flags & kOpInUcxCall) == 0) {
-        record_ok(K == OpKind::SEND ? send_stats_ : recv_stats_, bytes, op->sample_t0);
+        record_ok(K == OpKind::SEND ? send_stats_ : recv_stats_, bytes, op->sample());
         push_ready(op);
     }
 }
@@ -1336,12 +1353,12 @@ void Engine::inspect(Operation* op) noexcept {
 MetricsSnapshot Engine::metrics() const noexcept {
     MetricsSnapshot s;
     auto fill = [](const KindCounters& k, OpStats& o) {
-        o.completed = k.completed.load(std::memory_order_relaxed);
+        o.completed = 0;
         o.bytes = k.bytes.load(std::memory_order_relaxed);
         for (std::size_t i = 0; i < o.by_result.size(); ++i) {
             const std::uint64_t early = k.early[i].load(std::memory_order_relaxed);
             o.by_result[i] = k.by_result[i].load(std::memory_order_relaxed) + early;
-            o.completed += early;
+            o.completed += o.by_result[i];
         }
         for (std::size_t i = 0; i < o.latency.buckets.size(); ++i)
             o.latency.buckets[i] = k.latency[i].load(std::memory_order_relaxed);

@@ -4,36 +4,59 @@
 #include <btsp/manager.hpp>
 
 #include <cstring>
+#include <new>
 #include <utility>
 
 namespace btsp {
 
 // ---- RdmaAwaitable ---------------------------------------------------------------------
 
-RdmaAwaitable::RdmaAwaitable(RdmaAwaitable&& other) noexcept
-    : host_(std::move(other.host_)), stop_token_(std::move(other.stop_token_)) {
+RdmaAwaitable::RdmaAwaitable(RdmaAwaitable&& other) noexcept {
     op_.take(other.op_);
-    op_.host = host_.get();
+    if (op_.opts & detail::kOptExtras) {
+        // Moved only before it is awaited: no stop callback is registered yet.
+        Extras& from = *std::launder(reinterpret_cast<Extras*>(other.extras_));
+        Extras* to = ::new (static_cast<void*>(extras_)) Extras{std::move(from.host), std::move(from.stop_token), {}};
+        op_.host = to->host.get();
+    }
+}
+
+RdmaAwaitable::Extras& RdmaAwaitable::extras() noexcept {
+    if ((op_.opts & detail::kOptExtras) == 0) {
+        ::new (static_cast<void*>(extras_)) Extras{};
+        op_.opts |= detail::kOptExtras;
+    }
+    return *std::launder(reinterpret_cast<Extras*>(extras_));
+}
+
+void RdmaAwaitable::destroy_extras() noexcept {
+    std::launder(reinterpret_cast<Extras*>(extras_))->~Extras();
+    op_.opts &= static_cast<std::uint8_t>(~detail::kOptExtras);
 }
 
 RdmaAwaitable&& RdmaAwaitable::timeout(std::chrono::nanoseconds d) && noexcept {
-    op_.timeout = d.count() > 0 ? d : std::chrono::nanoseconds(0);
+    op_.set_timeout(d);
     return std::move(*this);
 }
 RdmaAwaitable& RdmaAwaitable::timeout(std::chrono::nanoseconds d) & noexcept {
-    op_.timeout = d.count() > 0 ? d : std::chrono::nanoseconds(0);
+    op_.set_timeout(d);
     return *this;
 }
 RdmaAwaitable&& RdmaAwaitable::cancel_with(std::stop_token token) && noexcept {
-    stop_token_ = std::move(token);
+    extras().stop_token = std::move(token);
     return std::move(*this);
 }
 RdmaAwaitable& RdmaAwaitable::cancel_with(std::stop_token token) & noexcept {
-    stop_token_ = std::move(token);
+    extras().stop_token = std::move(token);
     return *this;
 }
 
-void RdmaAwaitable::arm_stop_callback() noexcept { stop_callback_.emplace(stop_token_, OnStop{&op_}); }
+void RdmaAwaitable::arm_stop_callback() noexcept {
+    Extras& x = extras();
+    if (x.stop_token.stop_possible()) x.stop_callback.emplace(x.stop_token, OnStop{&op_});
+}
+
+void RdmaAwaitable::disarm_stop_callback() noexcept { extras().stop_callback.reset(); }
 
 // ---- StateChangeAwaitable --------------------------------------------------------------
 
@@ -90,9 +113,10 @@ void CoroutineRdmaManager::shutdown() { engine_->shutdown(); }
 
 RdmaAwaitable CoroutineRdmaManager::connect(const std::string& remote_addr, std::uint16_t remote_port) {
     RdmaAwaitable a = make_op(detail::OpKind::CONNECT, nullptr, 0, 0, 0);
-    a.host_ = std::make_unique<char[]>(remote_addr.size() + 1);
-    std::memcpy(a.host_.get(), remote_addr.c_str(), remote_addr.size() + 1);
-    a.op_.host = a.host_.get();
+    std::unique_ptr<char[]>& host = a.extras().host;
+    host = std::make_unique<char[]>(remote_addr.size() + 1);
+    std::memcpy(host.get(), remote_addr.c_str(), remote_addr.size() + 1);
+    a.op_.host = host.get();
     a.op_.port = remote_port;
     return a;
 }

@@ -35,7 +35,9 @@ public:
     RdmaAwaitable& operator=(RdmaAwaitable&&) = delete;
     RdmaAwaitable(const RdmaAwaitable&) = delete;
     RdmaAwaitable& operator=(const RdmaAwaitable&) = delete;
-    [[gnu::always_inline]] ~RdmaAwaitable() = default;
+    [[gnu::always_inline]] ~RdmaAwaitable() {
+        if (op_.opts & detail::kOptExtras) [[unlikely]] destroy_extras();
+    }
 
     /// Deadline: if the operation has not completed `d` after it starts, it completes with
     /// RdmaResult::TIMEOUT. What that does underneath: a receive is cancelled in UCX (its
@@ -54,7 +56,7 @@ public:
     /// Tells UCX the buffer is already registered (e.g. RdmaMemoryPool::memh(ptr)), so it
     /// does not look the registration up or make one. nullptr = let UCX decide.
     RdmaAwaitable&& memory(ucp_mem_h memh) && noexcept {
-        op_.memh = memh;
+        op_.set_memh(memh);
         return std::move(*this);
     }
 
@@ -63,11 +65,11 @@ public:
     [[gnu::always_inline]] bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
         op_.waiter = awaiting;
         // Registered before the operation starts (a stop already requested runs it at once).
-        if (stop_token_.stop_possible()) [[unlikely]] arm_stop_callback();
+        if (op_.opts & detail::kOptExtras) [[unlikely]] arm_stop_callback();
         return detail::start_operation(&op_);
     }
     [[gnu::always_inline]] RdmaOpResult await_resume() noexcept {
-        if (stop_callback_) [[unlikely]] stop_callback_.reset();
+        if (op_.opts & detail::kOptExtras) [[unlikely]] disarm_stop_callback();
         return op_.result;
     }
 
@@ -85,11 +87,19 @@ private:
     RdmaAwaitable(detail::Engine* engine, detail::OpKind kind, const void* data, std::size_t size,
                   std::uint64_t tag, std::uint64_t mask) noexcept
         : op_(engine, kind, data, size, tag, mask) {}
+    // What few operations need, built on demand (kOptExtras in op_.opts) in storage after
+    // op_: a plain send or receive never reads or writes these bytes (see Operation).
+    struct Extras {
+        std::unique_ptr<char[]> host;  // connect(): the host name op_.host points to
+        std::stop_token stop_token;    // cancel_with()
+        std::optional<std::stop_callback<OnStop>> stop_callback;
+    };
+    Extras& extras() noexcept;  // builds them on first use
     void arm_stop_callback() noexcept;
+    void disarm_stop_callback() noexcept;
+    void destroy_extras() noexcept;
     detail::Operation op_;
-    std::unique_ptr<char[]> host_;  // connect(): the host name op_.host points to
-    std::stop_token stop_token_;
-    std::optional<std::stop_callback<OnStop>> stop_callback_;
+    alignas(Extras) unsigned char extras_[sizeof(Extras)];
 };
 
 /// Awaitable of a state condition (wait_for_state, wait_for_connection). Completes when

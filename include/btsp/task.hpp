@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <stdexcept>
 #include <type_traits>
@@ -47,30 +48,51 @@ decltype(auto) get_awaiter(A&& a);
 // points the task's CancelSlot at them while they are pending.
 template <typename A>
 class AwaitRef {
+    using Awaiter = decltype(get_awaiter(std::declval<A>()));
+    // The operand is its own awaiter (RdmaAwaitable, tasks): no second reference to keep.
+    static constexpr bool kSelf = std::is_reference_v<Awaiter> &&
+                                  std::is_same_v<std::remove_cvref_t<Awaiter>, std::remove_cvref_t<A>>;
+    struct None {};
+
 public:
     // Forced inline: in a large coroutine GCC otherwise keeps these as calls, which costs
     // a call frame on every co_await of every operation.
-    [[gnu::always_inline]] AwaitRef(A&& a, CancelSlot* slot) noexcept
-        : a_(std::forward<A>(a)), slot_(slot), awaiter_(get_awaiter(std::forward<A>(a_))) {}
-    [[gnu::always_inline]] bool await_ready() { return awaiter_.await_ready(); }
+    [[gnu::always_inline]] AwaitRef(A&& a, CancelSlot* slot) noexcept : a_(std::forward<A>(a)), slot_(slot) {
+        if constexpr (!kSelf) ::new (static_cast<void*>(&awaiter_)) Holder{get_awaiter(std::forward<A>(a_))};
+    }
+    AwaitRef(const AwaitRef&) = delete;
+    AwaitRef& operator=(const AwaitRef&) = delete;
+    [[gnu::always_inline]] ~AwaitRef() {
+        if constexpr (!kSelf) awaiter_.~Holder();
+    }
+    [[gnu::always_inline]] bool await_ready() { return awaiter().await_ready(); }
     template <typename H>
     [[gnu::always_inline]] decltype(auto) await_suspend(H h) {
         if constexpr (Cancellable<std::remove_reference_t<A>>) {
             if (slot_ != nullptr) slot_->attach(a_.cancel_target());
         }
-        return awaiter_.await_suspend(h);
+        return awaiter().await_suspend(h);
     }
     [[gnu::always_inline]] decltype(auto) await_resume() {
         if constexpr (Cancellable<std::remove_reference_t<A>>) {
             if (slot_ != nullptr) slot_->detach();
         }
-        return awaiter_.await_resume();
+        return awaiter().await_resume();
     }
 
 private:
+    struct Holder {
+        Awaiter value;
+    };
+    [[gnu::always_inline]] decltype(auto) awaiter() noexcept {
+        if constexpr (kSelf) return static_cast<std::remove_reference_t<A>&>(a_);
+        else return static_cast<std::remove_reference_t<Awaiter>&>(awaiter_.value);
+    }
     A&& a_;
     CancelSlot* slot_;
-    decltype(get_awaiter(std::declval<A>())) awaiter_;
+    union {
+        std::conditional_t<kSelf, None, Holder> awaiter_;
+    };
 };
 
 class TaskPromiseBase : public CancelTarget {
