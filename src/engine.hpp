@@ -379,6 +379,8 @@ inline void set_success(RdmaOpResult& r, std::size_t bytes, std::uint64_t sender
 /// hundred cycles before run_ready() resumes it. With many operations in flight each
 /// coroutine's frame has left L1 by the time its message arrives (64 frames plus UCX's
 /// requests are more than L1 holds), and without this the resume stalls on those loads.
+/// Used from kPrefetchInFlight operations of the kind in flight.
+inline constexpr std::uint32_t kPrefetchInFlight = 8;
 inline void prefetch_resume(const Operation* op) noexcept {
     const char* frame = static_cast<const char*>(op->waiter.address());
     const char* o = reinterpret_cast<const char*>(op);
