@@ -84,14 +84,14 @@ struct Operation : ReadyNode, CancelTarget {
     }
     Operation(const Operation&) = delete;
     Operation& operator=(const Operation&) = delete;
-    /// Copies what describes the operation (an operation is moved only before it starts).
+    /// Copies what describes the operation (an operation is moved only before it starts,
+    /// so there is no result to copy yet).
     void take(const Operation& o) noexcept {
         engine = o.engine;
         buffer = o.buffer;
         size = o.size;
         tag = o.tag;
         tag_mask = o.tag_mask;
-        result = o.result;
         kind = o.kind;
         flags = o.flags;
         opts = o.opts;
