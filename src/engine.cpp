@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <random>
 #include <thread>
 
@@ -64,7 +65,9 @@ Engine::Engine(const ManagerOptions& options) : opts_(options) {
     send_param_.cb.send = &Engine::send_callback;
     // NO_IMM_CMPL: in UCX 1.13 an immediately completed receive does not report its
     // length and tag (field notes); the callback path always does.
-    recv_param_.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    // FIELD_REQUEST: request memory from the engine's pool (take_request).
+    recv_param_.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                               UCP_OP_ATTR_FLAG_NO_IMM_CMPL | UCP_OP_ATTR_FIELD_REQUEST;
     recv_param_.cb.recv = &Engine::recv_callback;
 }
 
@@ -80,6 +83,31 @@ bool Engine::owner_wait_decision(ThreadCtx* c) noexcept {
 Engine::~Engine() {
     if (epoll_fd_ >= 0) ::close(epoll_fd_);
     if (wake_fd_ >= 0) ::close(wake_fd_);
+    // After the worker is gone (teardown): UCX may have held blocks until then.
+    for (void* chunk : request_chunks_) ::operator delete(chunk, std::align_val_t{64});
+}
+
+// A request block for a receive, or nullptr (then UCX allocates the request itself).
+inline void* Engine::take_request() noexcept {
+    if (request_free_ == nullptr && (ucx_request_size_ == 0 || !grow_requests())) [[unlikely]] return nullptr;
+    void* request = request_free_;
+    std::memcpy(&request_free_, static_cast<char*>(request) - ucx_request_size_, sizeof(void*));
+    return request;
+}
+
+[[gnu::noinline]] bool Engine::grow_requests() noexcept {
+    constexpr std::size_t kPerChunk = 64;
+    void* chunk = ::operator new(request_stride_ * kPerChunk, std::align_val_t{64}, std::nothrow);
+    if (chunk == nullptr) return false;
+    try {
+        request_chunks_.push_back(chunk);
+    } catch (...) {
+        ::operator delete(chunk, std::align_val_t{64});
+        return false;
+    }
+    for (std::size_t i = 0; i < kPerChunk; ++i)
+        give_request(static_cast<char*>(chunk) + i * request_stride_ + ucx_request_size_);
+    return true;
 }
 
 std::string Engine::last_error() const {
@@ -148,6 +176,12 @@ bool Engine::create_worker(bool with_shm_eh, std::string& err) noexcept {
         context_ = nullptr;
         err = std::string("ucp_worker_create: ") + ucs_status_string(st);
         return false;
+    }
+    ucp_context_attr_t attr{};
+    attr.field_mask = UCP_ATTR_FIELD_REQUEST_SIZE;
+    if (ucp_context_query(context_, &attr) == UCS_OK && attr.request_size >= sizeof(void*)) {
+        ucx_request_size_ = (attr.request_size + 15) & ~std::size_t{15};
+        request_stride_ = (ucx_request_size_ + 63) & ~std::size_t{63};
     }
     st = ucp_worker_get_efd(worker_, &worker_fd_);
     if (st != UCS_OK) {
@@ -498,8 +532,12 @@ void Engine::teardown() noexcept {
     // Whatever UCX still holds: release the requests (no callback will follow) and
     // report the operations as ended by the shutdown.
     while (Operation* op = tracked_head_) {
+        BTSP_LOG_DEBUG("teardown: %s still pending in UCX, ended here",
+                       op->kind == OpKind::RECV ? "a receive" : "an operation");
         if (op->request != nullptr) {
-            ucp_request_free(op->request);
+            // A block of ours stays with UCX until the worker is destroyed below; the
+            // pool outlives the worker (~Engine).
+            if ((op->flags & kOpOwnRequest) == 0) ucp_request_free(op->request);
             op->request = nullptr;
         }
         untrack(op);
@@ -1016,9 +1054,19 @@ inline std::int64_t Engine::sample_start() noexcept {
 // callback ran inside the call). `conn` is null for a message left by a peer that is gone.
 [[gnu::always_inline]] inline bool Engine::recv_owned(Operation* op, Connection* conn) noexcept {
     op->conn = conn;  // recv_param_ has NO_IMM_CMPL: the callback may run inside the call
-    op->request = nullptr;
     ucp_request_param_t local;
     const ucp_request_param_t* p = begin_post(op, recv_param_, local);
+    void* own = take_request();
+    op->request = own;
+    if (own != nullptr) [[likely]] {
+        op->flags |= kOpOwnRequest;
+        (p == &local ? local : recv_param_).request = own;
+    } else {
+        op->flags &= static_cast<std::uint8_t>(~kOpOwnRequest);
+        if (p != &local) local = *p;
+        local.op_attr_mask &= ~static_cast<std::uint32_t>(UCP_OP_ATTR_FIELD_REQUEST);
+        p = &local;
+    }
     const ucs_status_ptr_t sp =
         ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag, op->tag_mask, p);
     if ((op->flags & kOpCompleted) == 0 && !UCS_PTR_IS_ERR(sp) && sp != nullptr) [[likely]] {
@@ -1035,10 +1083,14 @@ inline std::int64_t Engine::sample_start() noexcept {
     if (op->flags & kOpCompleted) {
         // the callback ran inside the call
     } else if (UCS_PTR_IS_ERR(sp)) {
+        if (op->request != nullptr) give_request(op->request);  // UCX never took it
+        op->request = nullptr;
         finish(op, UCS_PTR_STATUS(sp), 0, 0);
     } else if (sp == nullptr) {
         // Not expected with NO_IMM_CMPL; the length is unknown then.
         BTSP_LOG_WARN("ucp_tag_recv_nbx completed at once despite NO_IMM_CMPL; length unknown");
+        if (op->request != nullptr) give_request(op->request);  // UCX did not keep it
+        op->request = nullptr;
         op->result = RdmaOpResult{RdmaResult::SUCCESS, op->size, 0, 0, nullptr};
         op->flags |= kOpCompleted;
     }
@@ -1303,9 +1355,18 @@ void Engine::recv_callback(void* request, ucs_status_t status, const ucp_tag_rec
     // `info` lives inside the request: read it before the request goes back to UCX.
     const std::size_t length = info != nullptr ? info->length : 0;
     const std::uint64_t sender_tag = info != nullptr ? info->sender_tag : 0;
-    ucp_request_free(request);
-    op->request = nullptr;
     Engine* e = op->engine;
+    if (op->flags & kOpOwnRequest) e->give_request(request);  // UCX is done with it
+    else ucp_request_free(request);
+    // A receive of ours that teardown() had to end without UCX (a rendezvous still in
+    // progress after its cancel) can complete while the worker is destroyed; a request
+    // UCX allocated had its callback removed by ucp_request_free there, ours keeps it.
+    if (op->flags & kOpCompleted) [[unlikely]] {
+        BTSP_LOG_DEBUG("receive ended by shutdown completed in UCX afterwards (%s); ignored",
+                       ucs_status_string(status));
+        return;
+    }
+    op->request = nullptr;
     if (status == UCS_OK) [[likely]] {
         e->complete_ok<OpKind::RECV>(op, length, sender_tag);
     } else {

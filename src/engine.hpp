@@ -24,6 +24,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -282,6 +283,20 @@ private:
     // Parameters of every send / receive, built once; begin_post() sets user_data.
     ucp_request_param_t send_param_{};
     ucp_request_param_t recv_param_{};
+    // Request memory for receives (UCP_OP_ATTR_FIELD_REQUEST): blocks of ucx_request_size_
+    // bytes handed to UCX, each block's pointer just past it, recycled through a free
+    // list. A receive then skips UCX's request pool and ucp_request_free(). Chunks grow
+    // with the receives in flight and are freed after the worker (~Engine).
+    std::size_t ucx_request_size_ = 0;  // 0 = not available: UCX allocates
+    std::size_t request_stride_ = 0;
+    void* request_free_ = nullptr;
+    std::vector<void*> request_chunks_;
+    void* take_request() noexcept;
+    void give_request(void* request) noexcept {
+        std::memcpy(static_cast<char*>(request) - ucx_request_size_, &request_free_, sizeof(void*));
+        request_free_ = request;
+    }
+    bool grow_requests() noexcept;
     std::atomic<std::uint16_t> listen_port_{0};
     std::atomic<ucp_ep_h> primary_ep_{nullptr};
 

@@ -885,6 +885,30 @@ TEST_F(ManagerTest, PeerShutdownCompletesPendingRecvDisconnectedAndClientBecomes
     EXPECT_EQ(client_->connection_count(), 0u);
 }
 
+// Receives use request memory from the engine's pool. One that is matched to a large
+// message still being transferred when its manager shuts down cannot be cancelled in UCX;
+// shutdown ends it (DISCONNECTED) and UCX may still complete it while the worker is
+// destroyed: it must complete exactly once, and its buffer must not be written after.
+TEST_F(ManagerTest, ShutdownDuringRendezvousReceiveCompletesItOnce) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair());
+    constexpr std::size_t kSize = 64u << 20;
+    std::uint8_t* in = buffer(kSize);
+    auto recv = start(client_->tag_recv(in, kSize, 52));
+    auto& big = buffer_vec(pattern(kSize, 12));
+    auto send = start(server_->tag_send(big.data(), big.size(), 52));
+    std::this_thread::sleep_for(6ms);  // often in the middle of the transfer (64 MiB take ~8 ms here)
+    client_->shutdown();
+    const auto r = recv->wait_for(5s);
+    ASSERT_TRUE(r.has_value()) << "receive not completed by shutdown";
+    EXPECT_TRUE(r->result == RdmaResult::SUCCESS || r->result == RdmaResult::DISCONNECTED) << *r;
+    std::printf("[ info ] receive ended: %s\n", std::string(r->reason()).c_str());
+    if (r->success()) {
+        EXPECT_EQ(r->bytes_transferred, kSize);
+    }
+    const auto s = send->wait_for(5s);
+    ASSERT_TRUE(s.has_value()) << "the server's send never completed";
+}
+
 TEST_F(ManagerTest, PeerShutdownCompletesPendingRendezvousSendDisconnected) {
     ASSERT_NO_FATAL_FAILURE(connect_pair());
     auto& big = buffer_vec(pattern(4u << 20, 11));

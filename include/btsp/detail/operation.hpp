@@ -55,6 +55,7 @@ enum OpFlags : std::uint8_t {
     kOpTracked = 1u << 2,      // linked in the engine's in-flight registry
     kOpCancelling = 1u << 3,   // ucp_request_cancel issued; result override below applies
     kOpSampled = 1u << 4,      // sample_t0 holds the start time of a metrics sample
+    kOpOwnRequest = 1u << 5,   // `request` is a block of the engine's request pool, not UCX's
 };
 
 /// What the awaiter asked for beyond the plain operation (set before it starts, never
