@@ -1080,17 +1080,15 @@ inline std::int64_t Engine::sample_start() noexcept {
 }
 
 [[gnu::noinline]] bool Engine::recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept {
-    if (op->flags & kOpCompleted) {
-        // the callback ran inside the call
-    } else if (UCS_PTR_IS_ERR(sp)) {
-        if (op->request != nullptr) give_request(op->request);  // UCX never took it
-        op->request = nullptr;
+    if (op->flags & kOpCompleted) return after_post(op);  // the callback ran inside the call
+    // UCX keeps a block of ours only when it returns it as a pending request.
+    if (op->request != nullptr) give_request(op->request);
+    op->request = nullptr;
+    if (UCS_PTR_IS_ERR(sp)) {
         finish(op, UCS_PTR_STATUS(sp), 0, 0);
     } else if (sp == nullptr) {
         // Not expected with NO_IMM_CMPL; the length is unknown then.
         BTSP_LOG_WARN("ucp_tag_recv_nbx completed at once despite NO_IMM_CMPL; length unknown");
-        if (op->request != nullptr) give_request(op->request);  // UCX did not keep it
-        op->request = nullptr;
         op->result = RdmaOpResult{RdmaResult::SUCCESS, op->size, 0, 0, nullptr};
         op->flags |= kOpCompleted;
     }
