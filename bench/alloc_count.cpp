@@ -9,8 +9,10 @@
 // (UCX allocates with malloc, from memory pools that are warm after the warm-up).
 #include <btsp/btsp.hpp>
 
+#include <execinfo.h>
 #include <malloc.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -22,6 +24,22 @@
 namespace {
 std::atomic<std::uint64_t> g_news{0};
 std::atomic<std::uint64_t> g_deletes{0};
+
+// Where the allocations of a measured phase come from: while armed, the first few
+// operator-new calls record a backtrace, printed when the phase fails.
+constexpr int kTraces = 4, kDepth = 24;
+std::atomic<bool> g_armed{false};
+std::atomic<int> g_traced{0};
+void* g_trace[kTraces][kDepth];
+int g_trace_depth[kTraces];
+std::size_t g_trace_size[kTraces];
+
+void record_trace(std::size_t n) noexcept {
+    const int slot = g_traced.fetch_add(1, std::memory_order_relaxed);
+    if (slot >= kTraces) return;
+    g_trace_size[slot] = n;
+    g_trace_depth[slot] = ::backtrace(g_trace[slot], kDepth);
+}
 }  // namespace
 
 // The counting work is out of line: GCC otherwise "sees" malloc/free through the
@@ -29,6 +47,7 @@ std::atomic<std::uint64_t> g_deletes{0};
 namespace {
 [[gnu::noinline]] void* counted_alloc(std::size_t n, std::size_t align) noexcept {
     g_news.fetch_add(1, std::memory_order_relaxed);
+    if (g_armed.load(std::memory_order_relaxed)) [[unlikely]] record_trace(n);
     if (n == 0) n = 1;
     if (align <= alignof(std::max_align_t)) return std::malloc(n);
     return std::aligned_alloc(align, (n + align - 1) / align * align);
@@ -70,7 +89,10 @@ struct Snap {
     std::uint64_t news = 0;
     std::size_t heap = 0;
 };
-Snap snap() {
+// Start (arm = true) or end of a measured phase.
+Snap snap(bool arm) {
+    if (arm) g_traced.store(0, std::memory_order_relaxed);
+    g_armed.store(arm, std::memory_order_relaxed);
     Snap s;
     s.news = g_news.load(std::memory_order_relaxed);
     s.heap = mallinfo2().uordblks;
@@ -96,30 +118,40 @@ RdmaTask<bool> echo(CoroutineRdmaManager& m, std::uint64_t n) {
 RdmaTask<bool> ping(CoroutineRdmaManager& m, std::uint64_t warmup, std::uint64_t n, Snap& a, Snap& b) {
     char buf[8] = {};
     for (std::uint64_t i = 0; i < warmup + n; ++i) {
-        if (i == warmup) a = snap();
+        if (i == warmup) a = snap(true);
         const RdmaOpResult sent = co_await m.tag_send(buf, sizeof buf, kTagPing);
         if (!sent) co_return false;
         const RdmaOpResult got = co_await m.tag_recv(buf, sizeof buf, kTagPing);
         if (!got) co_return false;
     }
-    b = snap();
+    b = snap(false);
     co_return true;
 }
 
 // ---- 2. windowed stream -----------------------------------------------------------------
 struct StreamCtl {
     std::uint64_t posted = 0, total = 0, warmup = 0;
+    std::uint64_t measured_from = 0;  // `posted` when the phase started
+    bool all_started = false;         // every coroutine frame of the window exists
+    bool armed = false;
     Snap a, b;
     bool ok = true;
 };
 
 RdmaTask<void> sender(CoroutineRdmaManager& m, const char* buf, std::size_t size, StreamCtl& c) {
     while (c.posted < c.total && c.ok) {
-        if (c.posted == c.warmup) c.a = snap();
+        // The phase starts after the warm-up, and only once the other senders' frames
+        // exist: the first sender runs ahead alone for as long as its sends complete at
+        // once, possibly past the warm-up.
+        if (!c.armed && c.all_started && c.posted >= c.warmup) {
+            c.armed = true;
+            c.measured_from = c.posted;
+            c.a = snap(true);
+        }
         ++c.posted;
         const RdmaOpResult res = co_await m.tag_send(buf, size, kTagData);
         if (!res) c.ok = false;
-        if (c.posted == c.total) c.b = snap();
+        if (c.posted == c.total && c.armed) c.b = snap(false);
     }
 }
 RdmaTask<void> receiver(CoroutineRdmaManager& m, char* buf, std::size_t size, StreamCtl& c) {
@@ -139,6 +171,7 @@ RdmaTask<bool> run_side(CoroutineRdmaManager& m, bool send, char* buf, std::size
         const RdmaOpResult r = co_await m.tag_recv(sync, sizeof sync, kTagPing);
         if (!r) co_return false;
         for (unsigned i = 0; i < window; ++i) tasks.push_back(sender(m, buf, size, c));
+        c.all_started = true;
     } else {
         // Receivers first, then the go. (Started after the go, the first receiver could
         // find a backlog and receive for a long time without suspending, and the frames
@@ -179,7 +212,14 @@ int main() {
         std::printf("%-44s %9llu ops  %8llu operator-new calls  %.4f per op  (malloc heap %+lld B)%s\n", what,
                     static_cast<unsigned long long>(ops), static_cast<unsigned long long>(n), per_op, heap,
                     must_be_zero ? (n == 0 ? "  OK" : "  FAIL") : "  (info)");
-        if (must_be_zero && n != 0) rc = 1;
+        if (must_be_zero && n != 0) {
+            rc = 1;
+            const int traced = std::min(g_traced.load(std::memory_order_relaxed), kTraces);
+            for (int i = 0; i < traced; ++i) {
+                std::fprintf(stderr, "allocation %d of the phase (%zu B), from:\n", i + 1, g_trace_size[i]);
+                ::backtrace_symbols_fd(g_trace[i], g_trace_depth[i], 2);
+            }
+        }
     };
 
     // 1. ping-pong
@@ -210,9 +250,14 @@ int main() {
             std::fprintf(stderr, "alloc_count: stream of %zu B failed\n", size);
             return 2;
         }
+        if (!sc.armed || sc.total - sc.measured_from < sc.total / 2) {
+            std::fprintf(stderr, "alloc_count: stream of %zu B: one sender ran alone past half the stream\n",
+                         size);
+            return 2;
+        }
         char what[64];
         std::snprintf(what, sizeof what, "windowed sends %zu B, window %u (sends)", size, window);
-        report(what, sc.a, sc.b, sc.total - sc.warmup, true);
+        report(what, sc.a, sc.b, sc.total - sc.measured_from, true);
     }
     // 3. cross-thread sync_wait (information)
     {
@@ -222,12 +267,12 @@ int main() {
             (void)btsp::sync_wait(client.tag_send(buf, sizeof buf, kTagPing));
             (void)btsp::sync_wait(client.tag_recv(buf, sizeof buf, kTagPing));
         }
-        const Snap a = snap();
+        const Snap a = snap(false);
         for (int i = 0; i < 1000; ++i) {
             (void)btsp::sync_wait(client.tag_send(buf, sizeof buf, kTagPing));
             (void)btsp::sync_wait(client.tag_recv(buf, sizeof buf, kTagPing));
         }
-        const Snap b = snap();
+        const Snap b = snap(false);
         (void)btsp::sync_wait(srv);
         report("sync_wait from the main thread (per op)", a, b, 2000, false);
     }

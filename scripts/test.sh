@@ -24,12 +24,18 @@ EXAMPLES="simple_coroutine_test coroutine_tag_matching_example coroutine_rdma_ex
 START=$SECONDS
 FAILED=()
 PASSED=()
+CTEST_LOGS="$(mktemp -d "${TMPDIR:-/tmp}/btsp-ctest.XXXXXX")"
 
 section() { printf '\n==================== %s  [t+%ss] ====================\n' "$*" "$((SECONDS - START))"; }
 pass() { PASSED+=("$1"); echo "---- PASS: $1"; }
 fail() { FAILED+=("$1"); echo "---- FAIL: $1"; }
 # Runs a command with a time limit; a hang counts as a failure.
 limited() { local secs=$1; shift; timeout --kill-after=5 "$secs" "$@"; }
+# ctest in build dir $1, logged as $2 (its summary and failures are repeated at the end).
+run_ctest() {
+  local dir=$1 name=$2 secs=$3; shift 3
+  (cd "$dir" && limited "$secs" ctest --output-on-failure -j2 "$@") 2>&1 | tee "$CTEST_LOGS/$name.log"
+}
 
 # A free TCP port on 127.0.0.1 (for examples that take --port).
 free_port() {
@@ -69,7 +75,7 @@ else
   fail "build"
 fi
 if [ "$BUILD_OK" = 1 ]; then
-  if (cd "$BUILD_DIR" && limited 900 ctest --output-on-failure -j2); then pass "ctest"; else fail "ctest"; fi
+  if run_ctest "$BUILD_DIR" ctest 900; then pass "ctest"; else fail "ctest"; fi
 fi
 
 # ---- 3. examples --------------------------------------------------------------------
@@ -131,7 +137,7 @@ if [ "${SKIP_ASAN:-0}" != 1 ]; then
     fail "asan build"
   fi
   if [ "$ASAN_OK" = 1 ]; then
-    if (cd "$ASAN_BUILD_DIR" && limited 1200 ctest --output-on-failure -j2 -LE faults); then pass "asan ctest"; else fail "asan ctest"; fi
+    if run_ctest "$ASAN_BUILD_DIR" "asan ctest" 1200 -LE faults; then pass "asan ctest"; else fail "asan ctest"; fi
   fi
   if cmake --build "$ASAN_BUILD_DIR" -j"$JOBS" --target $EXAMPLES; then
     run_examples "$ASAN_BUILD_DIR" asan
@@ -154,8 +160,8 @@ if [ "${SKIP_TSAN:-0}" != 1 ]; then
     fail "tsan build"
   fi
   if [ "$TSAN_OK" = 1 ]; then
-    if (cd "$TSAN_BUILD_DIR" && UCX_MEM_EVENTS=no TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/scripts/tsan.supp" \
-          limited 1200 ctest --output-on-failure -j2 -LE faults); then
+    if UCX_MEM_EVENTS=no TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/scripts/tsan.supp" \
+          run_ctest "$TSAN_BUILD_DIR" "tsan ctest" 1200 -LE faults; then
       pass "tsan ctest"
     else
       fail "tsan ctest"
@@ -187,6 +193,13 @@ fi
 section "summary ($((SECONDS - START)) s)"
 for p in "${PASSED[@]}"; do echo "  PASS  $p"; done
 for f in "${FAILED[@]+"${FAILED[@]}"}"; do echo "  FAIL  $f"; done
+# Each ctest's summary line, and the tests that failed (their output is above).
+for log in "$CTEST_LOGS"/*.log; do
+  [ -e "$log" ] || continue
+  echo "  $(basename "$log" .log): $(grep -E 'tests passed|No tests were found' "$log" | tail -1)"
+  sed -n '/The following tests FAILED/,/^Errors/p' "$log" | grep -E '^\s+[0-9]+ - ' | sed 's/^\s*/      failed: /'
+done
+rm -rf "$CTEST_LOGS"
 if [ ${#FAILED[@]} -ne 0 ]; then
   echo "RESULT: FAILED (${#FAILED[@]} step(s))"
   exit 1
