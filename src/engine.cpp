@@ -1325,10 +1325,6 @@ inline void Engine::finish(Operation* op, ucs_status_t status, std::size_t lengt
 // posting call; then the poster reports it).
 template <OpKind K>
 inline void Engine::complete_ok(Operation* op, std::size_t bytes, std::uint64_t sender_tag) noexcept {
-    // Only with many in flight: then the awaiting frame has likely left L1. With few (a
-    // ping-pong) it is hot, and the prefetch would be latency added for nothing.
-    const auto& in_flight = K == OpKind::SEND ? sends_in_flight_ : recvs_in_flight_;
-    if (in_flight.load(std::memory_order_relaxed) >= kPrefetchInFlight) prefetch_resume(op);
     set_success(op->result, bytes, sender_tag);
     if (op->flags & kOpTracked) untrack_kind<K>(op);
     op->flags |= kOpCompleted;

@@ -388,26 +388,6 @@ inline void set_success(RdmaOpResult& r, std::size_t bytes, std::uint64_t sender
 #endif
 }
 
-/// Asks for the cache lines a coroutine touches when it resumes from `op`: its frame's
-/// first lines (resume pointer, promise, locals), and the operation's hot part (result,
-/// flags). Called when an operation completes inside ucp_worker_progress, typically a few
-/// hundred cycles before run_ready() resumes it. With many operations in flight each
-/// coroutine's frame has left L1 by the time its message arrives (64 frames plus UCX's
-/// requests are more than L1 holds), and without this the resume stalls on those loads.
-/// Used from kPrefetchInFlight operations of the kind in flight.
-inline constexpr std::uint32_t kPrefetchInFlight = 8;
-inline void prefetch_resume(const Operation* op) noexcept {
-    const char* frame = static_cast<const char*>(op->waiter.address());
-    const char* o = reinterpret_cast<const char*>(op);
-    __builtin_prefetch(frame);
-    // Lines between the frame's start and the operation (the awaiting coroutine's locals),
-    // when the operation is near the start (a small coroutine); else the next line only.
-    const char* end = (o > frame && o - frame <= 512) ? o : frame + 128;
-    for (const char* p = frame + 64; p < end; p += 64) __builtin_prefetch(p);
-    __builtin_prefetch(o + 64);
-    __builtin_prefetch(o + 128);
-}
-
 inline bool Engine::owner_enter(ThreadCtx* c, std::uint8_t mode) noexcept {
     c->mode.store(mode, std::memory_order_relaxed);
     light_fence();
