@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Compares builds of btsp-perf on this noisy machine: runs each binary once per round, in
+# an order rotated every round, plus one raw-UCP run per round (with the first binary) to
+# tell quiet rounds from busy ones. Prints every round, then per binary the median of its
+# per-round ratio against the first binary and how many rounds it was better in, over all
+# rounds and split by regime.
+#
+# Usage: bench/ab_rotate.sh [-t rate|lat] [-r ROUNDS] [-q THRESHOLD] BASELINE OTHER...
+#   -t rate  8 B stream, 64 in flight, 500 000 messages, M msg/s (higher is better; default)
+#   -t lat   8 B ping-pong, 20 000 round trips, p50 half round trip in us (lower is better)
+#   -q       raw result that separates quiet from busy rounds (default 14 M msg/s for rate,
+#            0.3 us for lat)
+# Example: build the change into another build dir, then
+#   bench/ab_rotate.sh -r 60 build-perf-base/bin/btsp-perf build-perf/bin/btsp-perf
+# Differences under ~3 % are not resolvable here (two identical builds differ that much).
+set -euo pipefail
+
+test=rate rounds=40 threshold=
+while getopts "t:r:q:" o; do
+    case $o in
+        t) test=$OPTARG ;;
+        r) rounds=$OPTARG ;;
+        q) threshold=$OPTARG ;;
+        *) sed -n '2,16p' "$0"; exit 2 ;;
+    esac
+done
+shift $((OPTIND - 1))
+[ $# -ge 2 ] || { sed -n '2,16p' "$0"; exit 2; }
+case $test in
+    rate) threshold=${threshold:-14} ;;
+    lat) threshold=${threshold:-0.3} ;;
+    *) echo "-t rate or -t lat" >&2; exit 2 ;;
+esac
+bins=()
+for b in "$@"; do
+    [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }
+    bins+=("$(cd "$(dirname "$b")" && pwd)/$(basename "$b")")
+done
+n=${#bins[@]}
+
+# One measurement: prints the number, or nothing if the run failed.
+measure() {
+    local out
+    if [ "$test" = rate ]; then
+        out=$(timeout 120 "$@" --loopback -t rate -s 8 -n 500000 2>/dev/null) || true
+        awk '/ (btsp|raw) \|/ {print $NF}' <<<"$out"
+    else
+        out=$(timeout 120 "$@" --loopback -t lat -s 8 -n 20000 2>/dev/null) || true
+        awk '/ (btsp|raw) \|/ {for (i = 1; i <= NF; i++) if ($i == "|") {print $(i + 1); exit}}' <<<"$out"
+    fi
+}
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for ((round = 1; round <= rounds; round++)); do
+    declare -a res=()
+    for ((k = 0; k < n; k++)); do
+        j=$(((k + round) % n))
+        res[j]=$(measure "${bins[j]}")
+    done
+    line="round $round raw=$(measure "${bins[0]}" --raw)"
+    for ((k = 0; k < n; k++)); do line+=" b$k=${res[k]:-}"; done
+    echo "$line" | tee -a "$log"
+done
+
+python3 - "$log" "$test" "$threshold" "${bins[@]}" <<'EOF'
+import re, statistics as st, sys
+log, test, thr, bins = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]
+higher = test == "rate"
+rows = []
+for line in open(log):
+    d = dict(re.findall(r"(\S+)=([\d.]+)", line))
+    if "raw" in d and all(f"b{k}" in d for k in range(len(bins))):
+        rows.append({k: float(v) for k, v in d.items()})
+print(f"\n{len(rows)} complete rounds; {'M msg/s' if higher else 'p50 us'}; ratio = binary / b0 per round")
+for k, b in enumerate(bins):
+    print(f"  b{k} = {b}")
+def summary(rs, name):
+    if not rs:
+        return
+    print(f"{name}: {len(rs)} rounds")
+    for k in range(len(bins)):
+        vals = [r[f"b{k}"] for r in rs]
+        to_raw = st.median(r[f"b{k}"] / r["raw"] for r in rs)
+        line = f"  b{k}: median {st.median(vals):.3f}, against raw {to_raw:.3f}"
+        if k:
+            ratios = [r[f"b{k}"] / r["b0"] for r in rs]
+            better = sum((x > 1) if higher else (x < 1) for x in ratios)
+            line += f"; per-round ratio to b0: median {st.median(ratios):.3f}, better in {better}/{len(rs)}"
+        print(line)
+summary(rows, "all")
+quiet = [r for r in rows if (r["raw"] > thr if higher else r["raw"] < thr)]
+summary(quiet, f"quiet rounds (raw {'>' if higher else '<'} {thr:g})")
+summary([r for r in rows if r not in quiet], "busy rounds")
+EOF
