@@ -1,5 +1,7 @@
 #include "config_parse.hpp"
 
+#include <cstdlib>
+
 namespace btsp::detail {
 
 bool tls_list_allows_shm(std::string_view tls) noexcept {
@@ -12,6 +14,12 @@ bool tls_list_allows_shm(std::string_view tls) noexcept {
         if (comma == std::string_view::npos) break;
         tls.remove_prefix(comma + 1);
     }
+    return false;
+}
+
+bool shm_fifo_set_by_env() noexcept {
+    for (const char* name : {"UCX_MM_FIFO_SIZE", "UCX_POSIX_FIFO_SIZE", "UCX_SYSV_FIFO_SIZE"})
+        if (std::getenv(name) != nullptr) return true;
     return false;
 }
 

@@ -137,6 +137,13 @@ bool Engine::create_worker(bool with_shm_eh, std::string& err) noexcept {
             return false;
         }
     }
+    // A deeper shared-memory FIFO than UCX's 64 (ManagerOptions::shm_fifo_size), unless the
+    // user chose one through UCX's environment variables.
+    if (opts_.shm_fifo_size != 0 && !shm_fifo_set_by_env()) {
+        const std::string depth = std::to_string(opts_.shm_fifo_size);
+        if (ucp_config_modify(config, "MM_FIFO_SIZE", depth.c_str()) != UCS_OK)
+            BTSP_LOG_DEBUG("UCX does not know MM_FIFO_SIZE; shared memory keeps its default FIFO");
+    }
     if (opts_.keepalive_interval.count() > 0) {
         const std::string ka = std::to_string(opts_.keepalive_interval.count()) + "ms";
         if (ucp_config_modify(config, "KEEPALIVE_INTERVAL", ka.c_str()) != UCS_OK)
@@ -227,6 +234,8 @@ bool Engine::initialize(bool server_mode, std::uint16_t port) {
 
     std::string err;
     if (!allowed_.parse(opts_.allowed_clients, err)) return fail(err, true);
+    if (const std::uint32_t f = opts_.shm_fifo_size; f == 1 || (f & (f - 1)) != 0)
+        return fail("ManagerOptions::shm_fifo_size must be 0 or a power of two >= 2, not " + std::to_string(f), true);
     bool want_shm = opts_.shared_memory_with_error_handling;
     if (want_shm) {
         std::string tls;

@@ -238,6 +238,35 @@ TEST(Admission, MalformedAllowListFailsInitialize) {
     EXPECT_NE(m.last_error().find("300.1.2.3"), std::string::npos) << m.last_error();
 }
 
+TEST(Admission, ShmFifoSizeNotAPowerOfTwoFailsInitialize) {
+    for (const std::uint32_t bad : {1u, 100u, 257u}) {
+        ManagerOptions so = test_options();
+        so.shm_fifo_size = bad;
+        CoroutineRdmaManager m(so);
+        EXPECT_FALSE(m.initialize(true, 0)) << bad;
+        EXPECT_NE(m.last_error().find("shm_fifo_size"), std::string::npos) << m.last_error();
+        EXPECT_EQ(m.get_state(), RdmaState::ERROR);
+        char buf[8];
+        auto r = start(m.tag_recv(buf, sizeof buf, 1));
+        ASSERT_TRUE(r->completed_at_once());
+        EXPECT_EQ(r->wait_for(1s)->result, RdmaResult::FAILURE);
+    }
+}
+
+// The FIFO depth a user put in UCX's environment wins over ManagerOptions::shm_fifo_size.
+// Shown with a depth UCX itself rejects: had btsp overridden it, initialize() would pass.
+TEST(Admission, ShmFifoSizeFromUcxEnvironmentWins) {
+    ManagerOptions so = test_options();
+    if (!so.shared_memory_with_error_handling) GTEST_SKIP() << "shared memory disabled in this run";
+    for (const char* var : {"UCX_MM_FIFO_SIZE", "UCX_POSIX_FIFO_SIZE", "UCX_SYSV_FIFO_SIZE"}) {
+        btsp_test::EnvVar bad(var, "100");
+        CoroutineRdmaManager m(so);
+        EXPECT_FALSE(m.initialize(true, 0)) << var;
+    }
+    CoroutineRdmaManager ok(so);  // and nothing stays behind once the variable is gone
+    EXPECT_TRUE(ok.initialize(true, 0)) << ok.last_error();
+}
+
 TEST(BadInput, AbsurdSizeAndReservedTagFailAtOnce) {
     Pair p;
     ASSERT_TRUE(p.connect());

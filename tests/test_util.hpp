@@ -15,6 +15,7 @@
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -37,6 +38,31 @@ inline btsp::ManagerOptions test_options() {
     btsp::ManagerOptions o = btsp::ManagerOptions::from_env();
     return o;
 }
+
+/// Sets an environment variable for the lifetime of the object, then restores it.
+class EnvVar {
+public:
+    EnvVar(const char* name, const char* value) : name_(name) {
+        if (const char* old = std::getenv(name)) {
+            old_ = old;
+            had_ = true;
+        }
+        ::setenv(name, value, 1);
+    }
+    ~EnvVar() {
+        if (had_)
+            ::setenv(name_, old_.c_str(), 1);
+        else
+            ::unsetenv(name_);
+    }
+    EnvVar(const EnvVar&) = delete;
+    EnvVar& operator=(const EnvVar&) = delete;
+
+private:
+    const char* name_;
+    std::string old_;
+    bool had_ = false;
+};
 
 /// Result of awaiting something that yields void.
 struct Unit {

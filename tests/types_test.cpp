@@ -1,4 +1,6 @@
 // Tests of the vocabulary types, option parsing and the logging facility.
+#include "test_util.hpp"
+
 #include <btsp/log.hpp>
 #include <btsp/options.hpp>
 #include <btsp/types.hpp>
@@ -198,29 +200,7 @@ TEST(ProgressMode, NamesRoundTripThroughParse) {
 
 // ---- ManagerOptions ------------------------------------------------------------------------
 
-class EnvVar {
-public:
-    EnvVar(const char* name, const char* value) : name_(name) {
-        if (const char* old = std::getenv(name)) {
-            old_ = old;
-            had_ = true;
-        }
-        ::setenv(name, value, 1);
-    }
-    ~EnvVar() {
-        if (had_)
-            ::setenv(name_, old_.c_str(), 1);
-        else
-            ::unsetenv(name_);
-    }
-    EnvVar(const EnvVar&) = delete;
-    EnvVar& operator=(const EnvVar&) = delete;
-
-private:
-    const char* name_;
-    std::string old_;
-    bool had_ = false;
-};
+using btsp_test::EnvVar;
 
 TEST(ManagerOptions, DefaultsMatchTheDocumentation) {
     const btsp::ManagerOptions o;
@@ -229,6 +209,7 @@ TEST(ManagerOptions, DefaultsMatchTheDocumentation) {
     EXPECT_EQ(o.handoff_threshold, std::chrono::milliseconds(5));
     EXPECT_TRUE(o.listen_address.empty());
     EXPECT_EQ(o.progress_cpu, -1);
+    EXPECT_EQ(o.shm_fifo_size, 256u);
 }
 
 TEST(ManagerOptions, FromEnvAppliesVariables) {
@@ -237,7 +218,9 @@ TEST(ManagerOptions, FromEnvAppliesVariables) {
     EnvVar spin("BTSP_ADAPTIVE_SPIN_US", "77");
     EnvVar handoff("BTSP_HANDOFF_MS", "9");
     EnvVar close("BTSP_CLOSE_TIMEOUT_MS", "321");
+    EnvVar fifo("BTSP_SHM_FIFO_SIZE", "1024");
     const auto o = btsp::ManagerOptions::from_env();
+    EXPECT_EQ(o.shm_fifo_size, 1024u);
     EXPECT_EQ(o.progress_mode, ProgressMode::POLLING);
     EXPECT_EQ(o.connect_timeout, std::chrono::milliseconds(1234));
     EXPECT_EQ(o.adaptive_spin, std::chrono::microseconds(77));

@@ -67,7 +67,17 @@ struct BackendOptions {
     int cpu = -1;             // pin this process (and the progress thread) here
     double connect_retry_s = 10.0;  // client: retry refused connects for this long
     bool raw_sockaddr = false;      // raw: keep data on the sockaddr endpoint (plain-UCP flow)
+    long shm_fifo = -1;             // shared-memory FIFO depth for both implementations;
+                                    // -1: the library's default, 0: UCX's own (64)
 };
+
+// The shared-memory FIFO depth (UCX MM_FIFO_SIZE) both implementations use: --shm-fifo,
+// else the library's default. Raw UCP gets the same setting, so that a ratio measures the
+// library and not a difference in UCX configuration. 0 = leave UCX's default.
+inline std::uint32_t shm_fifo_depth(const BackendOptions& o) {
+    if (o.shm_fifo >= 0) return static_cast<std::uint32_t>(o.shm_fifo);
+    return btsp::ManagerOptions::from_env().shm_fifo_size;
+}
 
 // One step of the conns test: the state once the client holds `n` extra connections.
 struct ConnsStep {

@@ -31,6 +31,7 @@ btsp::ManagerOptions make_options(const BackendOptions& o) {
     btsp::ManagerOptions m = btsp::ManagerOptions::from_env();
     if (o.mode_given) m.progress_mode = o.mode;
     if (o.cpu >= 0) m.progress_cpu = o.cpu;
+    m.shm_fifo_size = shm_fifo_depth(o);
     return m;
 }
 

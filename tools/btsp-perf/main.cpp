@@ -155,6 +155,8 @@ Implementations:
                        noisy machine; not with --mode polling, whose idle side would spin)
       --sequential     --loopback: one implementation after the other instead
       --mode M         library progress mode: polling, blocking, adaptive (default: library's)
+      --shm-fifo N     shared-memory receive FIFO depth (UCX MM_FIFO_SIZE) for both
+                       implementations (default: the library's, 256; 0 = UCX's own, 64)
 
 Placement and output:
   -p, --port PORT      port (default 13337; 0 with --loopback is automatic)
@@ -266,6 +268,11 @@ Options parse(int argc, char** argv) {
         } else if (a == "--idle-ms") o.idle_ms = static_cast<unsigned>(parse_u64(need(i), "idle time"));
         else if (a == "--raw") o.raw = true;
         else if (a == "--raw-sockaddr") o.backend.raw_sockaddr = true;
+        else if (a == "--shm-fifo") {
+            const std::uint64_t v = parse_u64(need(i), "FIFO depth");
+            if (v == 1 || v > (1u << 20) || (v & (v - 1)) != 0) bad("--shm-fifo wants 0 or a power of two >= 2");
+            o.backend.shm_fifo = static_cast<long>(v);
+        }
         else if (a == "--compare") o.compare = true;
         else if (a == "--sequential") o.sequential = true;
         else if (a == "--repeat") o.repeat = static_cast<int>(std::max<std::uint64_t>(1, parse_u64(need(i), "repeat count")));
@@ -464,6 +471,10 @@ std::uint16_t spawn_server(const Options& o, Impl impl, Child& child) {
         args.push_back(std::to_string(o.cpus[0]));
     }
     if (o.backend.raw_sockaddr) args.push_back("--raw-sockaddr");
+    if (o.backend.shm_fifo >= 0) {
+        args.push_back("--shm-fifo");
+        args.push_back(std::to_string(o.backend.shm_fifo));
+    }
     if (o.backend.mode_given) {
         args.push_back("--mode");
         args.push_back(std::string(btsp::to_string(o.backend.mode)));
@@ -1025,8 +1036,9 @@ std::string conns_json(const Row& r) {
 }
 
 void print_json(const Options& o, const std::vector<Agg>& agg) {
-    std::printf("{\n  \"tool\": \"btsp-perf\",\n  \"mode\": \"%s\",\n  \"loopback\": %s,\n  \"repeat\": %d,\n  \"results\": [\n",
-                mode_name(o).c_str(), o.loopback ? "true" : "false", o.repeat);
+    std::printf("{\n  \"tool\": \"btsp-perf\",\n  \"mode\": \"%s\",\n  \"loopback\": %s,\n  \"repeat\": %d,\n"
+                "  \"shm_fifo\": %u,\n  \"results\": [\n",
+                mode_name(o).c_str(), o.loopback ? "true" : "false", o.repeat, shm_fifo_depth(o.backend));
     for (std::size_t i = 0; i < agg.size(); ++i) {
         const Row& r = agg[i].row;
         std::printf("    {\"impl\": \"%s\", \"test\": \"%s\", \"size\": %zu, \"window\": %u, \"iters\": %" PRIu64
@@ -1086,6 +1098,9 @@ int run_client(const Options& o) {
             std::printf(", cpus");
             for (int c : o.cpus) std::printf(" %d", c);
         }
+        const std::uint32_t fifo = shm_fifo_depth(o.backend);
+        if (fifo != 0) std::printf(", shm FIFO %u", fifo);
+        else std::printf(", shm FIFO UCX default");
         std::printf("\n");
         print_table(o, agg, items, impls);
     }

@@ -42,7 +42,7 @@ struct RawWorker {
     ucp_address_t* address = nullptr;
     std::size_t address_length = 0;
 
-    bool init(std::string& err) {
+    bool init(std::uint32_t shm_fifo, std::string& err) {
         for (int attempt = 0; attempt < 2; ++attempt) {
             const bool with_shm = attempt == 0;
             ucp_config_t* config = nullptr;
@@ -56,6 +56,11 @@ struct RawWorker {
                 ucp_config_release(config);
                 continue;
             }
+            // The library's FIFO depth (ManagerOptions::shm_fifo_size), under the same rule:
+            // UCX's own environment variables win.
+            if (shm_fifo != 0 && !std::getenv("UCX_MM_FIFO_SIZE") && !std::getenv("UCX_POSIX_FIFO_SIZE") &&
+                !std::getenv("UCX_SYSV_FIFO_SIZE"))
+                (void)ucp_config_modify(config, "MM_FIFO_SIZE", std::to_string(shm_fifo).c_str());
             ucp_params_t params{};
             params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
             params.features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;
@@ -563,7 +568,7 @@ private:
     bool ensure_worker(std::string& err) {
         if (w_.worker) return true;
         pin_to_cpu(opts_.cpu);
-        return w_.init(err);
+        return w_.init(shm_fifo_depth(opts_), err);
     }
 
     bool create_ep(RawEp& e, const std::string& host, std::uint16_t port, std::string& err) {
@@ -605,7 +610,7 @@ public:
     int run(const BackendOptions& o, std::uint16_t port, int port_fd) {
         pin_to_cpu(o.cpu);
         std::string err;
-        if (!w_.init(err) || !listen(port, err)) {
+        if (!w_.init(shm_fifo_depth(o), err) || !listen(port, err)) {
             std::fprintf(stderr, "btsp-perf raw server: %s\n", err.c_str());
             if (port_fd >= 0) report_port(port_fd, 0);
             return 2;
