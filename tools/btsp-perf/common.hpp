@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -77,6 +78,12 @@ struct BackendOptions {
 inline std::uint32_t shm_fifo_depth(const BackendOptions& o) {
     if (o.shm_fifo >= 0) return static_cast<std::uint32_t>(o.shm_fifo);
     return btsp::ManagerOptions::from_env().shm_fifo_size;
+}
+// The library's rule: a depth set in UCX's environment wins over shm_fifo_size.
+inline const char* ucx_env_shm_fifo() {
+    for (const char* name : {"UCX_MM_FIFO_SIZE", "UCX_POSIX_FIFO_SIZE", "UCX_SYSV_FIFO_SIZE"})
+        if (std::getenv(name) != nullptr) return name;
+    return nullptr;
 }
 
 // One step of the conns test: the state once the client holds `n` extra connections.

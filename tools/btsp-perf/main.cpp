@@ -211,6 +211,13 @@ std::uint64_t parse_u64(const std::string& s, const char* what) {
     return v;
 }
 
+// Operations in flight: one coroutine (and one frame) each, so bounded.
+unsigned parse_window(const std::string& s) {
+    const std::uint64_t v = parse_u64(s, "window");
+    if (v == 0 || v > 65536) bad("bad window '" + s + "' (1..65536)");
+    return static_cast<unsigned>(v);
+}
+
 Options parse(int argc, char** argv) {
     Options o;
     auto need = [&](int& i) -> std::string {
@@ -250,10 +257,11 @@ Options parse(int argc, char** argv) {
             for (std::size_t s = lo; s <= hi; s *= 2) o.sizes.push_back(s);
         } else if (a == "-n" || a == "--iters") o.iters = parse_u64(need(i), "iteration count");
         else if (a == "--warmup") o.warmup = parse_u64(need(i), "warm-up count");
-        else if (a == "-w" || a == "--window") o.windows = {static_cast<unsigned>(parse_u64(need(i), "window"))};
+        else if (a == "-w" || a == "--window") o.windows = {parse_window(need(i))};
         else if (a == "--windows") {
             o.windows.clear();
-            for (const auto& w : split(need(i), ',')) o.windows.push_back(static_cast<unsigned>(parse_u64(w, "window")));
+            for (const auto& w : split(need(i), ',')) o.windows.push_back(parse_window(w));
+            if (o.windows.empty()) bad("empty --windows");
         } else if (a == "--conn-n") o.conn_iters = std::max<std::uint64_t>(1, parse_u64(need(i), "connection count"));
         else if (a == "--conn-counts") {
             o.conn_counts.clear();
@@ -1099,7 +1107,8 @@ int run_client(const Options& o) {
             for (int c : o.cpus) std::printf(" %d", c);
         }
         const std::uint32_t fifo = shm_fifo_depth(o.backend);
-        if (fifo != 0) std::printf(", shm FIFO %u", fifo);
+        if (const char* env = ucx_env_shm_fifo()) std::printf(", shm FIFO %s=%s", env, std::getenv(env));
+        else if (fifo != 0) std::printf(", shm FIFO %u", fifo);
         else std::printf(", shm FIFO UCX default");
         std::printf("\n");
         print_table(o, agg, items, impls);

@@ -58,8 +58,7 @@ struct RawWorker {
             }
             // The library's FIFO depth (ManagerOptions::shm_fifo_size), under the same rule:
             // UCX's own environment variables win.
-            if (shm_fifo != 0 && !std::getenv("UCX_MM_FIFO_SIZE") && !std::getenv("UCX_POSIX_FIFO_SIZE") &&
-                !std::getenv("UCX_SYSV_FIFO_SIZE"))
+            if (shm_fifo != 0 && ucx_env_shm_fifo() == nullptr)
                 (void)ucp_config_modify(config, "MM_FIFO_SIZE", std::to_string(shm_fifo).c_str());
             ucp_params_t params{};
             params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
