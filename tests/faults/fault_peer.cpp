@@ -15,6 +15,9 @@
 //   client HOST PORT N SIZE
 //       connect (prints "CONNECT <RESULT>"), N echo exchanges of SIZE bytes; exit 0 if all
 //       matched, 4 if the connect failed, 6 on a wrong echo.
+//   blast HOST PORT SIZE
+//       connect (prints "CONNECT <RESULT>"), print "SENDING", send one SIZE-byte message
+//       of 0xA5 with the request tag (upper 32 bits 1), print "SENT <RESULT>", then hold.
 //   stream HOST PORT SIZE
 //       connect, print "CONNECTED", then exchange SIZE-byte echoes forever, printing
 //       "XFER <n>" every 10 exchanges; when an op fails print
@@ -167,6 +170,21 @@ int run_hold_server() {
     say("PORT " + std::to_string(m.listening_port()));
     if (!btsp::sync_wait(m.wait_for_connection())) return 3;
     say("CONNECTED");
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+}
+
+// Connects and sends one message of `size` bytes of 0xA5 with kRequestTag (large sizes
+// go by rendezvous: the data moves while both sides progress), then holds the connection.
+int run_blast(const char* host, std::uint16_t port, std::size_t size) {
+    CoroutineRdmaManager m;
+    if (!m.initialize(false, 0)) return 2;
+    const RdmaOpResult c = btsp::sync_wait(m.connect(host, port));
+    say("CONNECT " + res(c));
+    if (!c) return 4;
+    std::vector<std::uint8_t> out(size, 0xA5);
+    say("SENDING");
+    const RdmaOpResult s = btsp::sync_wait(m.tag_send(out.data(), out.size(), kRequestTag));
+    say("SENT " + res(s));
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 
@@ -380,6 +398,9 @@ int main(int argc, char** argv) {
     if (mode == "client" && argc == 6)
         return run_client(argv[2], static_cast<std::uint16_t>(std::atoi(argv[3])), std::atoi(argv[4]),
                           static_cast<std::size_t>(std::atoll(argv[5])));
+    if (mode == "blast" && argc == 5)
+        return run_blast(argv[2], static_cast<std::uint16_t>(std::atoi(argv[3])),
+                         static_cast<std::size_t>(std::atoll(argv[4])));
     if (mode == "stream" && argc == 5)
         return run_stream(argv[2], static_cast<std::uint16_t>(std::atoi(argv[3])),
                           static_cast<std::size_t>(std::atoll(argv[4])));
