@@ -253,20 +253,6 @@ TEST(Admission, ShmFifoSizeNotAPowerOfTwoFailsInitialize) {
     }
 }
 
-// The FIFO depth a user put in UCX's environment wins over ManagerOptions::shm_fifo_size.
-// Shown with a depth UCX itself rejects: had btsp overridden it, initialize() would pass.
-TEST(Admission, ShmFifoSizeFromUcxEnvironmentWins) {
-    ManagerOptions so = test_options();
-    if (!so.shared_memory_with_error_handling) GTEST_SKIP() << "shared memory disabled in this run";
-    for (const char* var : {"UCX_MM_FIFO_SIZE", "UCX_POSIX_FIFO_SIZE", "UCX_SYSV_FIFO_SIZE"}) {
-        btsp_test::EnvVar bad(var, "100");
-        CoroutineRdmaManager m(so);
-        EXPECT_FALSE(m.initialize(true, 0)) << var;
-    }
-    CoroutineRdmaManager ok(so);  // and nothing stays behind once the variable is gone
-    EXPECT_TRUE(ok.initialize(true, 0)) << ok.last_error();
-}
-
 TEST(BadInput, AbsurdSizeAndReservedTagFailAtOnce) {
     Pair p;
     ASSERT_TRUE(p.connect());

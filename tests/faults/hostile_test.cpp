@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -86,6 +87,24 @@ TEST(FaultHostile, InitializeTwiceAndAfterShutdownReturnFalse) {
 
 // Operations issued from one thread while another thread runs shutdown(): all complete,
 // nothing crashes. 200 iterations against one server.
+// A shared-memory FIFO depth set in UCX's environment wins over
+// ManagerOptions::shm_fifo_size. Shown with a depth UCX itself rejects: had btsp overridden
+// it with its default, the peer would initialize and print its port. Run in a peer process
+// because UCX 1.13 leaks the interface it failed to open (LeakSanitizer would flag this
+// process); the peer runs with leak detection off so that it exits with its own status.
+TEST(FaultHostile, UcxFifoSizeInTheEnvironmentWinsOverTheLibraryDefault) {
+    if (!test_options().shared_memory_with_error_handling) GTEST_SKIP() << "shared memory disabled in this run";
+    for (const char* var : {"UCX_MM_FIFO_SIZE", "UCX_POSIX_FIFO_SIZE", "UCX_SYSV_FIFO_SIZE"}) {
+        auto bad = spawn_peer({"hold-server"}, {std::string(var) + "=100", "ASAN_OPTIONS=detect_leaks=0"});
+        ASSERT_TRUE(bad->started()) << bad->error();
+        EXPECT_EQ(bad->read_port(10s), 0) << var << "=100 did not reach UCX";
+        EXPECT_EQ(bad->wait_exit(10s), std::optional<int>(2)) << var << ": initialize() should have failed";
+        auto good = spawn_peer({"hold-server"}, {std::string(var) + "=128"});
+        ASSERT_TRUE(good->started()) << good->error();
+        EXPECT_NE(good->read_port(10s), 0) << var << "=128 should work";
+    }
+}
+
 TEST(FaultHostile, OpsDuringConcurrentShutdownAllComplete) {
     CoroutineRdmaManager server(test_options());
     ASSERT_TRUE(server.initialize(true, 0));
