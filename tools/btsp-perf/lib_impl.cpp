@@ -31,7 +31,7 @@ btsp::ManagerOptions make_options(const BackendOptions& o) {
     btsp::ManagerOptions m = btsp::ManagerOptions::from_env();
     if (o.mode_given) m.progress_mode = o.mode;
     if (o.cpu >= 0) m.progress_cpu = o.cpu;
-    m.shm_fifo_size = shm_fifo_depth(o);
+    if (o.shm_fifo >= 0) m.shm_fifo_size = static_cast<std::uint32_t>(o.shm_fifo);
     return m;
 }
 
