@@ -85,6 +85,11 @@ inline const char* ucx_env_shm_fifo() {
         if (std::getenv(name) != nullptr) return name;
     return nullptr;
 }
+// The depth a run really uses: the environment's if it sets one, else shm_fifo_depth().
+inline std::uint32_t shm_fifo_in_use(const BackendOptions& o) {
+    if (const char* env = ucx_env_shm_fifo()) return static_cast<std::uint32_t>(std::strtoul(std::getenv(env), nullptr, 10));
+    return shm_fifo_depth(o);
+}
 
 // One step of the conns test: the state once the client holds `n` extra connections.
 struct ConnsStep {

@@ -1046,7 +1046,7 @@ std::string conns_json(const Row& r) {
 void print_json(const Options& o, const std::vector<Agg>& agg) {
     std::printf("{\n  \"tool\": \"btsp-perf\",\n  \"mode\": \"%s\",\n  \"loopback\": %s,\n  \"repeat\": %d,\n"
                 "  \"shm_fifo\": %u,\n  \"results\": [\n",
-                mode_name(o).c_str(), o.loopback ? "true" : "false", o.repeat, shm_fifo_depth(o.backend));
+                mode_name(o).c_str(), o.loopback ? "true" : "false", o.repeat, shm_fifo_in_use(o.backend));
     for (std::size_t i = 0; i < agg.size(); ++i) {
         const Row& r = agg[i].row;
         std::printf("    {\"impl\": \"%s\", \"test\": \"%s\", \"size\": %zu, \"window\": %u, \"iters\": %" PRIu64
