@@ -52,7 +52,8 @@ void fuzz_env(const std::uint8_t* data, std::size_t size) {
     static const char* const vars[] = {"BTSP_PROGRESS_MODE",    "BTSP_CONNECT_TIMEOUT_MS", "BTSP_ADAPTIVE_SPIN_US",
                                        "BTSP_HANDOFF_MS",       "BTSP_CLOSE_TIMEOUT_MS",   "BTSP_PROGRESS_CPU",
                                        "BTSP_FAST_PATH",        "BTSP_HANDSHAKE_GRACE_MS", "BTSP_KEEPALIVE_MS",
-                                       "BTSP_HEARTBEAT_MS",     "BTSP_PEER_TIMEOUT_MS",    "BTSP_SHM_FIFO_SIZE"};
+                                       "BTSP_HEARTBEAT_MS",     "BTSP_PEER_TIMEOUT_MS",    "BTSP_SHM_FIFO_SIZE",
+                                       "BTSP_RECV_POLL"};
     if (size == 0) return;
     const char* var = vars[data[0] % (sizeof vars / sizeof vars[0])];
     std::string value(reinterpret_cast<const char*>(data + 1), size - 1);

@@ -69,6 +69,7 @@ Engine::Engine(const ManagerOptions& options) : opts_(options) {
     recv_param_.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                                UCP_OP_ATTR_FLAG_NO_IMM_CMPL | UCP_OP_ATTR_FIELD_REQUEST;
     recv_param_.cb.recv = &Engine::recv_callback;
+    recv_poll_ = opts_.progress_mode == ProgressMode::BLOCKING ? 0 : opts_.recv_poll;
 }
 
 // A hand-off is being decided (the watchdog is inside membarrier, microseconds): wait for
@@ -1080,12 +1081,64 @@ inline std::int64_t Engine::sample_start() noexcept {
         ucp_tag_recv_nbx(worker_, const_cast<void*>(op->buffer), op->size, op->tag, op->tag_mask, p);
     if ((op->flags & kOpCompleted) == 0 && !UCS_PTR_IS_ERR(sp) && sp != nullptr) [[likely]] {
         op->request = sp;
+        // Still marked "inside the UCX call": a completion while polling is reported here.
+        // (Not with a deadline: it is armed only once the operation is tracked.)
+        if (recv_poll_ != 0 && ready_head_ == nullptr && (op->opts & kOptTimeout) == 0 && poll_inline(op))
+            return false;
         track_kind<OpKind::RECV>(op);
         op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
         if (op->opts & kOptTimeout) [[unlikely]] arm_deadline(op);
         return true;
     }
     return recv_posted(op, sp);
+}
+
+inline bool Engine::submissions_waiting() const noexcept {
+    const Operation* submitted = submit_head_.load(std::memory_order_relaxed);
+    return submitted != nullptr && submitted != kClosed;
+}
+
+// Whether the loop has anything to do besides progress: used to stop polling early.
+inline bool Engine::loop_has_work() const noexcept {
+    return ready_head_ != nullptr || deferred_head_ != nullptr || !pending_requests_.empty() || accept_recv_.done ||
+           bye_recv_.done || ping_recv_.done || cancel_scan_.load(std::memory_order_relaxed) ||
+           stop_requested_.load(std::memory_order_relaxed) || submissions_waiting() || tearing_down_ || torn_down_;
+}
+
+// A receive just posted by a coroutine that nothing is queued behind (the ready list is
+// empty) polls the worker a few times before its coroutine suspends. A message that
+// arrives meanwhile (a ping-pong's reply, ~0.2-1 us away on shared memory) completes inside
+// co_await: no registry entry, suspension, loop iteration, ready-list entry or resume.
+// Polling stops as soon as the loop has anything else to do (timers: every 256 calls, as
+// in the loop), so nothing waits behind it for more than one progress call; the worker
+// stays claimed (kLib) throughout, so no hand-off can start. The operation is not in the registry while it polls: nothing that
+// reads the registry (teardown, cancels, deferred connection events, the in-flight dump)
+// runs before loop_has_work() has stopped the poll and the operation has been tracked.
+[[gnu::noinline]] bool Engine::poll_inline(Operation* op) noexcept {
+    if (loop_has_work()) return false;
+    for (std::uint32_t i = recv_poll_; i != 0; --i) {
+        const unsigned events = ucp_worker_progress(worker_);
+        if (op->flags & kOpCompleted) {
+            op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
+            if (op->result.result == RdmaResult::SUCCESS) [[likely]]
+                record_ok(recv_stats_, op->result.bytes_transferred, op->sample());
+            else
+                record(op);
+            bump(recvs_polled_);
+            return true;
+        }
+        // What progress can bring (callbacks) is looked at only when it reported events;
+        // what other threads ask for, every time.
+        if ((events != 0 && loop_has_work()) || cancel_scan_.load(std::memory_order_relaxed) ||
+            stop_requested_.load(std::memory_order_relaxed) || submissions_waiting())
+            return false;
+        // The loop looks at its timers every 256 iterations; so does polling.
+        if (timers_head_ != nullptr && (++timer_check_ & 255) == 0) {
+            woke_up_ = true;
+            return false;
+        }
+    }
+    return false;
 }
 
 [[gnu::noinline]] bool Engine::recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept {
@@ -1445,6 +1498,7 @@ MetricsSnapshot Engine::metrics() const noexcept {
     const std::uint64_t created = eps_created_.load(std::memory_order_relaxed);
     const std::uint64_t closed = eps_closed_.load(std::memory_order_relaxed);
     s.open_endpoints = created > closed ? created - closed : 0;
+    s.recvs_polled = recvs_polled_.load(std::memory_order_relaxed);
     return s;
 }
 

@@ -229,6 +229,9 @@ private:
     bool send_posted(Operation* op, Connection* conn, ucs_status_ptr_t sp) noexcept;
     bool recv_owned(Operation* op, Connection* conn) noexcept;
     bool recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept;
+    bool poll_inline(Operation* op) noexcept;
+    bool loop_has_work() const noexcept;
+    bool submissions_waiting() const noexcept;
     bool after_post(Operation* op) noexcept;
     void record_ok(KindCounters& k, std::size_t bytes, std::int64_t sample_t0) noexcept;
     template <OpKind K> void complete_ok(Operation* op, std::size_t bytes, std::uint64_t sender_tag) noexcept;
@@ -279,6 +282,7 @@ private:
     std::atomic<std::uint64_t> conns_rejected_{0};
     std::atomic<std::uint64_t> eps_created_{0};  // ucp_ep_create successes (owner only)
     std::atomic<std::uint64_t> eps_closed_{0};   // ucp_ep_close_nbx calls (owner only)
+    std::atomic<std::uint64_t> recvs_polled_{0};  // completed in poll_inline (owner only)
     std::uint32_t sample_counter_ = 0;
     // Parameters of every send / receive, built once; begin_post() sets user_data.
     ucp_request_param_t send_param_{};
@@ -342,7 +346,10 @@ private:
     std::int64_t coarse_ms_ = 0;  // steady clock in ms, refreshed by the loop (set_coarse_now)
     std::uint32_t idle_iterations_ = 0;
     std::uint32_t timer_check_ = 0;
-    bool woke_up_ = false;
+    bool woke_up_ = false;  // run the timers on the loop's next iteration
+    // Progress calls a just-posted receive may make itself before its coroutine suspends
+    // (ManagerOptions::recv_poll; 0 in BLOCKING mode).
+    std::uint32_t recv_poll_ = 0;
 
     // state waiters
     std::mutex waiters_mutex_;

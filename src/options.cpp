@@ -64,6 +64,7 @@ ManagerOptions ManagerOptions::from_env() {
     if (env_int("BTSP_PEER_TIMEOUT_MS", x, 1, 24LL * 3600 * 1000)) o.peer_timeout = std::chrono::milliseconds(x);
     if (env_int("BTSP_FAST_PATH", x, 0, 1)) o.fast_path = x != 0;
     if (env_int("BTSP_HANDSHAKE_GRACE_MS", x, 0, 60LL * 1000)) o.handshake_grace = std::chrono::milliseconds(x);
+    if (env_int("BTSP_RECV_POLL", x, 0, 1LL << 20)) o.recv_poll = static_cast<std::uint32_t>(x);
     if (env_int("BTSP_SHM_FIFO_SIZE", x, 0, 1LL << 20)) o.shm_fifo_size = static_cast<std::uint32_t>(x);
     return o;
 }

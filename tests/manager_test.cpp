@@ -1315,6 +1315,215 @@ INSTANTIATE_TEST_SUITE_P(AllModes, ProgressModeTest,
                          });
 
 // ============================================================================================
+// Receive polling (ManagerOptions::recv_poll)
+// ============================================================================================
+
+/// 8-byte round trips against echo_loop until `stop` is set or `max_rounds` are done;
+/// returns the number completed (negative: -1 - rounds, when an operation failed).
+/// (`stop` is shared: a test that gives up early returns while the coroutine still runs.)
+RdmaTask<int> ping_until(CoroutineRdmaManager& m, std::shared_ptr<const std::atomic<bool>> stop, int max_rounds,
+                         std::uint64_t out_tag, std::uint64_t in_tag) {
+    std::uint8_t out[8] = {}, in[8] = {};
+    int i = 0;
+    for (; i < max_rounds && !stop->load(std::memory_order_relaxed); ++i) {
+        std::memcpy(out, &i, sizeof i);
+        const RdmaOpResult s = co_await m.tag_send(out, sizeof out, out_tag);
+        if (!s) co_return -1 - i;
+        const RdmaOpResult r = co_await m.tag_recv(in, sizeof in, in_tag);
+        if (!r || std::memcmp(in, out, sizeof in) != 0) co_return -1 - i;
+    }
+    co_return i;
+}
+
+/// POLLING mode, no heartbeat and a rare UCX keepalive: the heartbeat's timer and the
+/// keepalive's events would make polling stop every few hundred milliseconds, which would
+/// hide a poll that misses cancels, stops or submissions.
+ManagerOptions polling_options(std::uint32_t recv_poll) {
+    ManagerOptions o = test_options();
+    o.progress_mode = ProgressMode::POLLING;
+    o.recv_poll = recv_poll;
+    o.heartbeat_interval = std::chrono::milliseconds(0);
+    o.keepalive_interval = std::chrono::milliseconds(60'000);
+    return o;
+}
+
+TEST_F(ManagerTest, RecvPollCompletesRepliesWithoutSuspending) {
+    // A budget far beyond a loopback round trip: nearly every reply arrives while polling.
+    ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 16)));
+    std::uint8_t* echo_buf = buffer(64);
+    auto echo = start(echo_loop(*server_, echo_buf, 64, 91, 92, nullptr));
+    auto stop = std::make_shared<std::atomic<bool>>(false);
+    auto pings = start(ping_until(*client_, stop, 2000, 91, 92));
+    const auto n = pings->wait_for(30s);
+    ASSERT_TRUE(n.has_value()) << "2000 round trips did not finish in 30 s";
+    EXPECT_EQ(*n, 2000);
+    const auto m = client_->metrics();
+    EXPECT_EQ(m.recv.by_result[0], 2000u);  // polled receives are counted like the others
+    EXPECT_GT(m.recvs_polled, 0u);
+    EXPECT_LE(m.recvs_polled, 2000u);
+    EXPECT_EQ(m.in_flight_recvs, 0u);
+    RecordProperty("recvs_polled", std::to_string(m.recvs_polled));
+}
+
+TEST_F(ManagerTest, RecvPollZeroAndBlockingModeNeverPoll) {
+    for (const bool blocking : {false, true}) {
+        SCOPED_TRACE(blocking ? "BLOCKING, recv_poll 65536" : "POLLING, recv_poll 0");
+        ManagerOptions o = polling_options(blocking ? 1u << 16 : 0);
+        if (blocking) o.progress_mode = ProgressMode::BLOCKING;
+        ASSERT_NO_FATAL_FAILURE(connect_pair(o));
+        std::uint8_t* echo_buf = buffer(64);
+        auto echo = start(echo_loop(*server_, echo_buf, 64, 91, 92, nullptr));
+        auto stop = std::make_shared<std::atomic<bool>>(false);
+        auto pings = start(ping_until(*client_, stop, 300, 91, 92));
+        const auto n = pings->wait_for(30s);
+        ASSERT_TRUE(n.has_value());
+        EXPECT_EQ(*n, 300);
+        EXPECT_EQ(client_->metrics().recv.by_result[0], 300u);
+        EXPECT_EQ(client_->metrics().recvs_polled, 0u);
+        client_.reset();
+        server_.reset();
+    }
+}
+
+// A coroutine whose every receive completes while polling never suspends. Timers, other
+// threads' submissions and cancellations must still be served while it runs.
+TEST_F(ManagerTest, RecvPollingCoroutineDoesNotStarveTimersSubmissionsOrCancels) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 20)));
+    std::uint8_t* echo_buf = buffer(64);
+    auto echo = start(echo_loop(*server_, echo_buf, 64, 91, 92, nullptr));
+    auto stop = std::make_shared<std::atomic<bool>>(false);
+    auto pings = start(ping_until(*client_, stop, 50'000'000, 91, 92));
+    ASSERT_TRUE(wait_until([&] { return client_->metrics().recvs_polled > 100; }, 20s))
+        << "the ping-pong did not get going (polled " << client_->metrics().recvs_polled << ")";
+
+    std::uint8_t* sink = buffer(64);
+    // A deadline (the loop's timers).
+    const auto t0 = Clock::now();
+    const auto timed = await_within(client_->tag_recv(sink, 8, 777).timeout(50ms), 5s);
+    ASSERT_TRUE(timed.has_value()) << "a 50 ms timeout did not fire within 5 s";
+    EXPECT_EQ(timed->result, RdmaResult::TIMEOUT) << *timed;
+    EXPECT_LT(ms_since(t0), 3000.0);
+    // A cross-thread cancellation of a pending receive.
+    std::stop_source src;
+    auto cancelled = start(client_->tag_recv(sink + 8, 8, 778).cancel_with(src.get_token()));
+    EXPECT_FALSE(cancelled->wait_for(20ms).has_value());
+    src.request_stop();
+    const auto c = cancelled->wait_for(5s);
+    ASSERT_TRUE(c.has_value()) << "a cancel was not served within 5 s";
+    EXPECT_EQ(c->result, RdmaResult::CANCELLED) << *c;
+    // A send submitted from this thread, received by the server.
+    auto got = start(server_->tag_recv(sink + 16, 8, 779));
+    std::uint64_t v = 0x5eed;
+    const auto sent = await_within(client_->tag_send(&v, sizeof v, 779), 5s);
+    ASSERT_TRUE(sent.has_value()) << "a submitted send did not complete within 5 s";
+    EXPECT_TRUE(sent->success()) << *sent;
+    const auto g = got->wait_for(5s);
+    ASSERT_TRUE(g.has_value());
+    EXPECT_TRUE(g->success()) << *g;
+
+    const auto before = client_->metrics().recvs_polled;
+    EXPECT_TRUE(wait_until([&] { return client_->metrics().recvs_polled > before; }, 10s))
+        << "the ping-pong stopped";
+    *stop = true;
+    const auto n = pings->wait_for(20s);
+    ASSERT_TRUE(n.has_value());
+    EXPECT_GT(*n, 0);
+}
+
+/// Resumes on the client's progress thread (after a send it submits from the test
+/// thread), then awaits a receive there, so that receive polls.
+RdmaTask<RdmaOpResult> recv_on_progress_thread(CoroutineRdmaManager& m, void* buf, std::size_t size,
+                                               std::uint64_t tag, std::stop_token token) {
+    std::uint64_t hello = 1;
+    const RdmaOpResult s = co_await m.tag_send(&hello, sizeof hello, 90);
+    if (!s) co_return s;
+    co_return co_await m.tag_recv(buf, size, tag).cancel_with(std::move(token));
+}
+
+// A receive that nothing answers, with a budget of ~2^30 progress calls (tens of seconds):
+// other threads' cancels, submissions and shutdown() must stop its polling at once.
+TEST_F(ManagerTest, LongPollOfASilentReceiveYieldsToCancelSubmissionAndShutdown) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 30)));
+    std::uint8_t* sink = buffer(64);
+    auto hellos = start(server_->tag_recv(sink + 32, 8, 90));
+    {
+        std::stop_source src;
+        auto r = start(recv_on_progress_thread(*client_, sink, 8, 555, src.get_token()));
+        ASSERT_TRUE(hellos->wait_for(kOpLimit).has_value());
+        EXPECT_FALSE(r->wait_for(50ms).has_value());
+        const auto t0 = Clock::now();
+        src.request_stop();
+        const auto c = r->wait_for(5s);
+        ASSERT_TRUE(c.has_value()) << "a cancel did not stop the polling receive within 5 s";
+        EXPECT_EQ(c->result, RdmaResult::CANCELLED) << *c;
+        RecordProperty("cancel_ms", std::to_string(ms_since(t0)));
+    }
+    hellos = start(server_->tag_recv(sink + 32, 8, 90));
+    auto polling = start(recv_on_progress_thread(*client_, sink, 8, 556, {}));
+    ASSERT_TRUE(hellos->wait_for(kOpLimit).has_value());
+    EXPECT_FALSE(polling->wait_for(50ms).has_value());
+    // A send submitted from this thread while the receive polls.
+    auto got = start(server_->tag_recv(sink + 16, 8, 779));
+    std::uint64_t v = 0x5eed;
+    const auto sent = await_within(client_->tag_send(&v, sizeof v, 779), 5s);
+    ASSERT_TRUE(sent.has_value()) << "a submitted send did not complete within 5 s";
+    EXPECT_TRUE(sent->success()) << *sent;
+    ASSERT_TRUE(got->wait_for(5s).has_value());
+    // The answer still arrives (through the registry, the poll having stopped).
+    std::uint64_t answer = 42;
+    ASSERT_TRUE(await_within(server_->tag_send(&answer, sizeof answer, 556), kOpLimit).has_value());
+    const auto a = polling->wait_for(5s);
+    ASSERT_TRUE(a.has_value());
+    EXPECT_TRUE(a->success()) << *a;
+    // shutdown() while another receive polls.
+    hellos = start(server_->tag_recv(sink + 32, 8, 90));
+    auto last = start(recv_on_progress_thread(*client_, sink, 8, 557, {}));
+    ASSERT_TRUE(hellos->wait_for(kOpLimit).has_value());
+    EXPECT_FALSE(last->wait_for(50ms).has_value());
+    const auto t0 = Clock::now();
+    client_->shutdown();
+    EXPECT_LT(ms_since(t0), 5000.0) << "shutdown() waited for the polling receive";
+    const auto d = last->wait_for(5s);
+    ASSERT_TRUE(d.has_value());
+    EXPECT_EQ(d->result, RdmaResult::DISCONNECTED) << *d;
+}
+
+// A receive with a deadline does not poll: the deadline starts when it is tracked.
+TEST_F(ManagerTest, RecvWithTimeoutDoesNotPollPastItsDeadline) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 30)));
+    std::uint8_t* sink = buffer(64);
+    auto hellos = start(server_->tag_recv(sink + 32, 8, 90));
+    auto r = start([](CoroutineRdmaManager& m, void* buf) -> RdmaTask<RdmaOpResult> {
+        std::uint64_t hello = 1;
+        const RdmaOpResult s = co_await m.tag_send(&hello, sizeof hello, 90);
+        if (!s) co_return s;
+        co_return co_await m.tag_recv(buf, 8, 558).timeout(std::chrono::milliseconds(50));
+    }(*client_, sink));
+    ASSERT_TRUE(hellos->wait_for(kOpLimit).has_value());
+    const auto t = r->wait_for(5s);
+    ASSERT_TRUE(t.has_value()) << "a 50 ms deadline did not fire within 5 s";
+    EXPECT_EQ(t->result, RdmaResult::TIMEOUT) << *t;
+    EXPECT_EQ(client_->metrics().recvs_polled, 0u);
+}
+
+TEST_F(ManagerTest, ShutdownDuringRecvPollingPingPongEndsItPromptly) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 20)));
+    std::uint8_t* echo_buf = buffer(64);
+    auto echo = start(echo_loop(*server_, echo_buf, 64, 91, 92, nullptr));
+    auto stop = std::make_shared<std::atomic<bool>>(false);
+    auto pings = start(ping_until(*client_, stop, 50'000'000, 91, 92));
+    ASSERT_TRUE(wait_until([&] { return client_->metrics().recvs_polled > 100; }, 20s));
+    const auto t0 = Clock::now();
+    client_->shutdown();
+    EXPECT_LT(ms_since(t0), 5000.0) << "shutdown() waited for the polling coroutine";
+    const auto n = pings->wait_for(5s);
+    ASSERT_TRUE(n.has_value()) << "the ping-pong did not end at shutdown";
+    EXPECT_LT(*n, 0) << "it ended by an operation failing";
+    EXPECT_EQ(client_->get_state(), RdmaState::SHUTDOWN);
+    *stop = true;
+}
+
+// ============================================================================================
 // Several clients on one server
 // ============================================================================================
 

@@ -210,6 +210,7 @@ TEST(ManagerOptions, DefaultsMatchTheDocumentation) {
     EXPECT_TRUE(o.listen_address.empty());
     EXPECT_EQ(o.progress_cpu, -1);
     EXPECT_EQ(o.shm_fifo_size, 256u);
+    EXPECT_EQ(o.recv_poll, 64u);
 }
 
 TEST(ManagerOptions, FromEnvAppliesVariables) {
@@ -219,8 +220,10 @@ TEST(ManagerOptions, FromEnvAppliesVariables) {
     EnvVar handoff("BTSP_HANDOFF_MS", "9");
     EnvVar close("BTSP_CLOSE_TIMEOUT_MS", "321");
     EnvVar fifo("BTSP_SHM_FIFO_SIZE", "1024");
+    EnvVar poll("BTSP_RECV_POLL", "0");
     const auto o = btsp::ManagerOptions::from_env();
     EXPECT_EQ(o.shm_fifo_size, 1024u);
+    EXPECT_EQ(o.recv_poll, 0u);
     EXPECT_EQ(o.progress_mode, ProgressMode::POLLING);
     EXPECT_EQ(o.connect_timeout, std::chrono::milliseconds(1234));
     EXPECT_EQ(o.adaptive_spin, std::chrono::microseconds(77));

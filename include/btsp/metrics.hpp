@@ -54,6 +54,9 @@ struct MetricsSnapshot {
     /// (a btsp connection holds two while its handshake runs, one after). Back to 0 once
     /// every connection has closed: a number that only grows is a leak.
     std::uint64_t open_endpoints = 0;
+    /// Receives that completed while polling right after they were posted, without their
+    /// coroutine suspending (ManagerOptions::recv_poll). Counted in `recv` too.
+    std::uint64_t recvs_polled = 0;
 
     /// Prometheus text exposition format (version 0.0.4). `labels` is inserted into every
     /// sample, e.g. `manager="kv0"`.
