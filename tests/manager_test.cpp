@@ -1482,7 +1482,9 @@ TEST_F(ManagerTest, LongPollOfASilentReceiveYieldsToCancelSubmissionAndShutdown)
     EXPECT_FALSE(last->wait_for(50ms).has_value());
     const auto t0 = Clock::now();
     client_->shutdown();
-    EXPECT_LT(ms_since(t0), 5000.0) << "shutdown() waited for the polling receive";
+    const double shutdown_ms = ms_since(t0);
+    EXPECT_LT(shutdown_ms, 5000.0) << "shutdown() waited for the polling receive";
+    RecordProperty("shutdown_ms", std::to_string(shutdown_ms));
     const auto d = last->wait_for(5s);
     ASSERT_TRUE(d.has_value());
     EXPECT_EQ(d->result, RdmaResult::DISCONNECTED) << *d;
