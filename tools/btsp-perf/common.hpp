@@ -70,7 +70,14 @@ struct BackendOptions {
     bool raw_sockaddr = false;      // raw: keep data on the sockaddr endpoint (plain-UCP flow)
     long shm_fifo = -1;             // shared-memory FIFO depth for both implementations;
                                     // -1: the library's default, 0: UCX's own (64)
+    long recv_poll = -1;            // library: ManagerOptions::recv_poll; -1: its default
 };
+
+// The library's receive polling budget in this run (ManagerOptions::recv_poll).
+inline std::uint32_t recv_poll_in_use(const BackendOptions& o) {
+    if (o.recv_poll >= 0) return static_cast<std::uint32_t>(o.recv_poll);
+    return btsp::ManagerOptions::from_env().recv_poll;
+}
 
 // The shared-memory FIFO depth (UCX MM_FIFO_SIZE) both implementations use: --shm-fifo,
 // else the library's default. Raw UCP gets the same setting, so that a ratio measures the

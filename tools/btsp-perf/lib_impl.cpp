@@ -32,6 +32,7 @@ btsp::ManagerOptions make_options(const BackendOptions& o) {
     if (o.mode_given) m.progress_mode = o.mode;
     if (o.cpu >= 0) m.progress_cpu = o.cpu;
     if (o.shm_fifo >= 0) m.shm_fifo_size = static_cast<std::uint32_t>(o.shm_fifo);
+    if (o.recv_poll >= 0) m.recv_poll = static_cast<std::uint32_t>(o.recv_poll);
     return m;
 }
 

@@ -157,6 +157,8 @@ Implementations:
       --mode M         library progress mode: polling, blocking, adaptive (default: library's)
       --shm-fifo N     shared-memory receive FIFO depth (UCX MM_FIFO_SIZE) for both
                        implementations (default: the library's, 256; 0 = UCX's own, 64)
+      --recv-poll N    library: progress calls a receive makes before it suspends
+                       (ManagerOptions::recv_poll; default the library's, 64; 0 = none)
 
 Placement and output:
   -p, --port PORT      port (default 13337; 0 with --loopback is automatic)
@@ -280,6 +282,11 @@ Options parse(int argc, char** argv) {
             const std::uint64_t v = parse_u64(need(i), "FIFO depth");
             if (v == 1 || v > (1u << 20) || (v & (v - 1)) != 0) bad("--shm-fifo wants 0 or a power of two >= 2");
             o.backend.shm_fifo = static_cast<long>(v);
+        }
+        else if (a == "--recv-poll") {
+            const std::uint64_t v = parse_u64(need(i), "polling budget");
+            if (v > (1u << 20)) bad("--recv-poll wants 0 .. 1048576");
+            o.backend.recv_poll = static_cast<long>(v);
         }
         else if (a == "--compare") o.compare = true;
         else if (a == "--sequential") o.sequential = true;
@@ -482,6 +489,10 @@ std::uint16_t spawn_server(const Options& o, Impl impl, Child& child) {
     if (o.backend.shm_fifo >= 0) {
         args.push_back("--shm-fifo");
         args.push_back(std::to_string(o.backend.shm_fifo));
+    }
+    if (o.backend.recv_poll >= 0) {
+        args.push_back("--recv-poll");
+        args.push_back(std::to_string(o.backend.recv_poll));
     }
     if (o.backend.mode_given) {
         args.push_back("--mode");
@@ -1045,8 +1056,9 @@ std::string conns_json(const Row& r) {
 
 void print_json(const Options& o, const std::vector<Agg>& agg) {
     std::printf("{\n  \"tool\": \"btsp-perf\",\n  \"mode\": \"%s\",\n  \"loopback\": %s,\n  \"repeat\": %d,\n"
-                "  \"shm_fifo\": %u,\n  \"results\": [\n",
-                mode_name(o).c_str(), o.loopback ? "true" : "false", o.repeat, shm_fifo_in_use(o.backend));
+                "  \"shm_fifo\": %u,\n  \"recv_poll\": %u,\n  \"results\": [\n",
+                mode_name(o).c_str(), o.loopback ? "true" : "false", o.repeat, shm_fifo_in_use(o.backend),
+                recv_poll_in_use(o.backend));
     for (std::size_t i = 0; i < agg.size(); ++i) {
         const Row& r = agg[i].row;
         std::printf("    {\"impl\": \"%s\", \"test\": \"%s\", \"size\": %zu, \"window\": %u, \"iters\": %" PRIu64
@@ -1110,6 +1122,7 @@ int run_client(const Options& o) {
         if (const char* env = ucx_env_shm_fifo()) std::printf(", shm FIFO %s=%s", env, std::getenv(env));
         else if (fifo != 0) std::printf(", shm FIFO %u", fifo);
         else std::printf(", shm FIFO UCX default");
+        if (o.compare || !o.raw) std::printf(", recv poll %u", recv_poll_in_use(o.backend));
         std::printf("\n");
         print_table(o, agg, items, impls);
     }
