@@ -1093,16 +1093,17 @@ inline std::int64_t Engine::sample_start() noexcept {
     return recv_posted(op, sp);
 }
 
-inline bool Engine::submissions_waiting() const noexcept {
+// What other threads can ask of the loop at any moment: a submission, a cancel, a stop.
+inline bool Engine::other_threads_want_loop() const noexcept {
     const Operation* submitted = submit_head_.load(std::memory_order_relaxed);
-    return submitted != nullptr && submitted != kClosed;
+    return (submitted != nullptr && submitted != kClosed) || cancel_scan_.load(std::memory_order_relaxed) ||
+           stop_requested_.load(std::memory_order_relaxed);
 }
 
 // Whether the loop has anything to do besides progress: used to stop polling early.
 inline bool Engine::loop_has_work() const noexcept {
     return ready_head_ != nullptr || deferred_head_ != nullptr || !pending_requests_.empty() || accept_recv_.done ||
-           bye_recv_.done || ping_recv_.done || cancel_scan_.load(std::memory_order_relaxed) ||
-           stop_requested_.load(std::memory_order_relaxed) || submissions_waiting() || tearing_down_ || torn_down_;
+           bye_recv_.done || ping_recv_.done || other_threads_want_loop();
 }
 
 // A receive just posted by a coroutine that nothing is queued behind (the ready list is
@@ -1129,9 +1130,7 @@ inline bool Engine::loop_has_work() const noexcept {
         }
         // What progress can bring (callbacks) is looked at only when it reported events;
         // what other threads ask for, every time.
-        if ((events != 0 && loop_has_work()) || cancel_scan_.load(std::memory_order_relaxed) ||
-            stop_requested_.load(std::memory_order_relaxed) || submissions_waiting())
-            return false;
+        if (events != 0 ? loop_has_work() : other_threads_want_loop()) return false;
         // The loop looks at its timers every 256 iterations; so does polling.
         if (timers_head_ != nullptr && (++timer_check_ & 255) == 0) {
             woke_up_ = true;

@@ -231,7 +231,7 @@ private:
     bool recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept;
     bool poll_inline(Operation* op) noexcept;
     bool loop_has_work() const noexcept;
-    bool submissions_waiting() const noexcept;
+    bool other_threads_want_loop() const noexcept;
     bool after_post(Operation* op) noexcept;
     void record_ok(KindCounters& k, std::size_t bytes, std::int64_t sample_t0) noexcept;
     template <OpKind K> void complete_ok(Operation* op, std::size_t bytes, std::uint64_t sender_tag) noexcept;
