@@ -1347,6 +1347,22 @@ ManagerOptions polling_options(std::uint32_t recv_poll) {
     return o;
 }
 
+/// Connected pair polling with a budget of 2^20 progress calls, the server echoing 91 → 92,
+/// and a client ping-pong running until `stop` whose receives complete while polling.
+class RecvPollTest : public ManagerTest {
+protected:
+    void start_polling_ping_pong(const std::shared_ptr<std::atomic<bool>>& stop,
+                                 std::unique_ptr<Pending<int>>& pings) {
+        ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 20)));
+        std::uint8_t* echo_buf = buffer(64);
+        echo_ = start(echo_loop(*server_, echo_buf, 64, 91, 92, nullptr));
+        pings = start(ping_until(*client_, stop, 50'000'000, 91, 92));
+        ASSERT_TRUE(wait_until([&] { return client_->metrics().recvs_polled > 100; }, 20s))
+            << "the ping-pong did not get going (polled " << client_->metrics().recvs_polled << ")";
+    }
+    std::unique_ptr<Pending<Unit>> echo_;
+};
+
 TEST_F(ManagerTest, RecvPollCompletesRepliesWithoutSuspending) {
     // A budget far beyond a loopback round trip: nearly every reply arrives while polling.
     ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 16)));
@@ -1387,14 +1403,10 @@ TEST_F(ManagerTest, RecvPollZeroAndBlockingModeNeverPoll) {
 
 // A coroutine whose every receive completes while polling never suspends. Timers, other
 // threads' submissions and cancellations must still be served while it runs.
-TEST_F(ManagerTest, RecvPollingCoroutineDoesNotStarveTimersSubmissionsOrCancels) {
-    ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 20)));
-    std::uint8_t* echo_buf = buffer(64);
-    auto echo = start(echo_loop(*server_, echo_buf, 64, 91, 92, nullptr));
+TEST_F(RecvPollTest, PollingCoroutineDoesNotStarveTimersSubmissionsOrCancels) {
     auto stop = std::make_shared<std::atomic<bool>>(false);
-    auto pings = start(ping_until(*client_, stop, 50'000'000, 91, 92));
-    ASSERT_TRUE(wait_until([&] { return client_->metrics().recvs_polled > 100; }, 20s))
-        << "the ping-pong did not get going (polled " << client_->metrics().recvs_polled << ")";
+    std::unique_ptr<Pending<int>> pings;
+    ASSERT_NO_FATAL_FAILURE(start_polling_ping_pong(stop, pings));
 
     std::uint8_t* sink = buffer(64);
     // A deadline (the loop's timers).
@@ -1433,11 +1445,12 @@ TEST_F(ManagerTest, RecvPollingCoroutineDoesNotStarveTimersSubmissionsOrCancels)
 /// Resumes on the client's progress thread (after a send it submits from the test
 /// thread), then awaits a receive there, so that receive polls.
 RdmaTask<RdmaOpResult> recv_on_progress_thread(CoroutineRdmaManager& m, void* buf, std::size_t size,
-                                               std::uint64_t tag, std::stop_token token) {
+                                               std::uint64_t tag, std::stop_token token,
+                                               std::chrono::milliseconds timeout = {}) {
     std::uint64_t hello = 1;
     const RdmaOpResult s = co_await m.tag_send(&hello, sizeof hello, 90);
     if (!s) co_return s;
-    co_return co_await m.tag_recv(buf, size, tag).cancel_with(std::move(token));
+    co_return co_await m.tag_recv(buf, size, tag).cancel_with(std::move(token)).timeout(timeout);
 }
 
 // A receive that nothing answers, with a budget of ~2^30 progress calls (tens of seconds):
@@ -1495,12 +1508,7 @@ TEST_F(ManagerTest, RecvWithTimeoutDoesNotPollPastItsDeadline) {
     ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 30)));
     std::uint8_t* sink = buffer(64);
     auto hellos = start(server_->tag_recv(sink + 32, 8, 90));
-    auto r = start([](CoroutineRdmaManager& m, void* buf) -> RdmaTask<RdmaOpResult> {
-        std::uint64_t hello = 1;
-        const RdmaOpResult s = co_await m.tag_send(&hello, sizeof hello, 90);
-        if (!s) co_return s;
-        co_return co_await m.tag_recv(buf, 8, 558).timeout(std::chrono::milliseconds(50));
-    }(*client_, sink));
+    auto r = start(recv_on_progress_thread(*client_, sink, 8, 558, {}, std::chrono::milliseconds(50)));
     ASSERT_TRUE(hellos->wait_for(kOpLimit).has_value());
     const auto t = r->wait_for(5s);
     ASSERT_TRUE(t.has_value()) << "a 50 ms deadline did not fire within 5 s";
@@ -1508,13 +1516,10 @@ TEST_F(ManagerTest, RecvWithTimeoutDoesNotPollPastItsDeadline) {
     EXPECT_EQ(client_->metrics().recvs_polled, 0u);
 }
 
-TEST_F(ManagerTest, ShutdownDuringRecvPollingPingPongEndsItPromptly) {
-    ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 20)));
-    std::uint8_t* echo_buf = buffer(64);
-    auto echo = start(echo_loop(*server_, echo_buf, 64, 91, 92, nullptr));
+TEST_F(RecvPollTest, ShutdownDuringAPollingPingPongEndsItPromptly) {
     auto stop = std::make_shared<std::atomic<bool>>(false);
-    auto pings = start(ping_until(*client_, stop, 50'000'000, 91, 92));
-    ASSERT_TRUE(wait_until([&] { return client_->metrics().recvs_polled > 100; }, 20s));
+    std::unique_ptr<Pending<int>> pings;
+    ASSERT_NO_FATAL_FAILURE(start_polling_ping_pong(stop, pings));
     const auto t0 = Clock::now();
     client_->shutdown();
     EXPECT_LT(ms_since(t0), 5000.0) << "shutdown() waited for the polling coroutine";
