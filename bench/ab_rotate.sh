@@ -5,30 +5,37 @@
 # per-round ratio against the first binary and how many rounds it was better in, over all
 # rounds and split by regime.
 #
-# Usage: bench/ab_rotate.sh [-t rate|lat] [-r ROUNDS] [-q THRESHOLD] BASELINE OTHER...
+# Usage: bench/ab_rotate.sh [-t rate|lat] [-r ROUNDS] [-n N] [-q THRESHOLD] BASELINE OTHER...
 #   -t rate  8 B stream, 64 in flight, 500 000 messages, M msg/s (higher is better; default)
 #   -t lat   8 B ping-pong, 20 000 round trips, p50 half round trip in us (lower is better)
+#   -n       messages (rate) or round trips (lat) per run. Short runs (-n 300000 / 5000)
+#            and many rounds resolve smaller differences: the host's regime then rarely
+#            changes inside a round
 #   -q       raw result that separates quiet from busy rounds (default 14 M msg/s for rate,
 #            0.3 us for lat)
 # Example: build the change into another build dir, then
 #   bench/ab_rotate.sh -r 60 build-perf-base/bin/btsp-perf build-perf/bin/btsp-perf
-# Differences under ~3 % are not resolvable here (two identical builds differ that much).
+# Each "better in k/n" comes with a two-sided sign-test p value. With the default run length,
+# differences under ~3 % are not resolvable here (two identical builds differ that much);
+# ~2 % needed 150 rounds of short runs (docs/performance.md, "Polling before suspending").
 set -euo pipefail
 
-test=rate rounds=40 threshold=
-while getopts "t:r:q:" o; do
+test=rate rounds=40 threshold= iters=
+while getopts "t:r:n:q:" o; do
     case $o in
         t) test=$OPTARG ;;
         r) rounds=$OPTARG ;;
+        n) iters=$OPTARG ;;
         q) threshold=$OPTARG ;;
-        *) sed -n '2,16p' "$0"; exit 2 ;;
+        *) sed -n '2,21p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 2 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,21p' "$0"; exit 2; }
+case $iters in ''|*[!0-9]*) [ -z "$iters" ] || { echo "-n wants a count" >&2; exit 2; } ;; esac
 case $test in
-    rate) threshold=${threshold:-14} ;;
-    lat) threshold=${threshold:-0.3} ;;
+    rate) threshold=${threshold:-14} iters=${iters:-500000} ;;
+    lat) threshold=${threshold:-0.3} iters=${iters:-20000} ;;
     *) echo "-t rate or -t lat" >&2; exit 2 ;;
 esac
 bins=()
@@ -42,10 +49,10 @@ n=${#bins[@]}
 measure() {
     local out
     if [ "$test" = rate ]; then
-        out=$(timeout 120 "$@" --loopback -t rate -s 8 -n 500000 2>/dev/null) || true
+        out=$(timeout 120 "$@" --loopback -t rate -s 8 -n "$iters" 2>/dev/null) || true
         awk '/ (btsp|raw) \|/ {print $NF}' <<<"$out"
     else
-        out=$(timeout 120 "$@" --loopback -t lat -s 8 -n 20000 2>/dev/null) || true
+        out=$(timeout 120 "$@" --loopback -t lat -s 8 -n "$iters" 2>/dev/null) || true
         awk '/ (btsp|raw) \|/ {for (i = 1; i <= NF; i++) if ($i == "|") {print $(i + 1); exit}}' <<<"$out"
     fi
 }
@@ -64,7 +71,7 @@ for ((round = 1; round <= rounds; round++)); do
 done
 
 python3 - "$log" "$test" "$threshold" "${bins[@]}" <<'EOF'
-import re, statistics as st, sys
+import math, re, statistics as st, sys
 log, test, thr, bins = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]
 higher = test == "rate"
 rows = []
@@ -75,6 +82,10 @@ for line in open(log):
 print(f"\n{len(rows)} complete rounds; {'M msg/s' if higher else 'p50 us'}; ratio = binary / b0 per round")
 for k, b in enumerate(bins):
     print(f"  b{k} = {b}")
+def sign_test(k, n):
+    # Two-sided exact binomial test of k successes in n against p = 1/2.
+    tail = sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 def summary(rs, name):
     if not rs:
         return
@@ -86,7 +97,8 @@ def summary(rs, name):
         if k:
             ratios = [r[f"b{k}"] / r["b0"] for r in rs]
             better = sum((x > 1) if higher else (x < 1) for x in ratios)
-            line += f"; per-round ratio to b0: median {st.median(ratios):.3f}, better in {better}/{len(rs)}"
+            line += (f"; per-round ratio to b0: median {st.median(ratios):.3f}, better in {better}/{len(rs)}"
+                     f" (sign test p = {sign_test(better, len(rs)):.2g})")
         print(line)
 summary(rows, "all")
 quiet = [r for r in rows if (r["raw"] > thr if higher else r["raw"] < thr)]
