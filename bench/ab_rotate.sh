@@ -15,6 +15,8 @@
 #            0.3 us for lat)
 # Example: build the change into another build dir, then
 #   bench/ab_rotate.sh -r 60 build-perf-base/bin/btsp-perf build-perf/bin/btsp-perf
+# or, to compare two settings of one binary (options in the same word):
+#   bench/ab_rotate.sh -t lat -n 5000 -r 150 "build-perf/bin/btsp-perf --recv-poll 0" build-perf/bin/btsp-perf
 # Each "better in k/n" comes with a two-sided sign-test p value. With the default run length,
 # differences under ~3 % are not resolvable here (two identical builds differ that much);
 # ~2 % needed 150 rounds of short runs (docs/performance.md, "Polling before suspending").
@@ -27,21 +29,25 @@ while getopts "t:r:n:q:" o; do
         r) rounds=$OPTARG ;;
         n) iters=$OPTARG ;;
         q) threshold=$OPTARG ;;
-        *) sed -n '2,21p' "$0"; exit 2 ;;
+        *) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 2 ] || { sed -n '2,21p' "$0"; exit 2; }
+[ $# -ge 2 ] || { awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2; }
 case $iters in ''|*[!0-9]*) [ -z "$iters" ] || { echo "-n wants a count" >&2; exit 2; } ;; esac
 case $test in
     rate) threshold=${threshold:-14} iters=${iters:-500000} ;;
     lat) threshold=${threshold:-0.3} iters=${iters:-20000} ;;
     *) echo "-t rate or -t lat" >&2; exit 2 ;;
 esac
+# Each BASELINE/OTHER is a binary, optionally followed by its options in the same word
+# ("build-perf/bin/btsp-perf --recv-poll 0"; paths without spaces).
 bins=()
-for b in "$@"; do
+for spec in "$@"; do
+    read -ra words <<<"$spec"
+    b=${words[0]}
     [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }
-    bins+=("$(cd "$(dirname "$b")" && pwd)/$(basename "$b")")
+    bins+=("$(cd "$(dirname "$b")" && pwd)/$(basename "$b")${words[1]:+ ${words[*]:1}}")
 done
 n=${#bins[@]}
 
@@ -63,9 +69,11 @@ for ((round = 1; round <= rounds; round++)); do
     declare -a res=()
     for ((k = 0; k < n; k++)); do
         j=$(((k + round) % n))
-        res[j]=$(measure "${bins[j]}")
+        # shellcheck disable=SC2086  # a binary and its options
+        res[j]=$(measure ${bins[j]})
     done
-    line="round $round raw=$(measure "${bins[0]}" --raw)"
+    # shellcheck disable=SC2086
+    line="round $round raw=$(measure ${bins[0]%% *} --raw)"
     for ((k = 0; k < n; k++)); do line+=" b$k=${res[k]:-}"; done
     echo "$line" | tee -a "$log"
 done
