@@ -958,7 +958,7 @@ bool Engine::start(Operation* op) noexcept {
         Connection* conn = live_head_;
         if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c &&
             conn != nullptr && !tearing_down_ && op->cancel_request.load(std::memory_order_acquire) == 0) [[likely]] {
-            const bool pending = op->kind == OpKind::SEND ? send_owned(op, conn) : recv_owned(op, conn);
+            const bool pending = op->kind == OpKind::SEND ? send_owned(op, conn) : recv_owned<true>(op, conn);
             // Activity for the watchdog: a coroutine that keeps starting operations is
             // busy, not blocked, and is not handed off.
             bump(activity_);
@@ -1062,6 +1062,7 @@ inline std::int64_t Engine::sample_start() noexcept {
 
 // Fast-path receive: posted, and tracked unless the message was already there (then the
 // callback ran inside the call). `conn` is null for a message left by a peer that is gone.
+template <bool Poll>
 [[gnu::always_inline]] inline bool Engine::recv_owned(Operation* op, Connection* conn) noexcept {
     op->conn = conn;  // recv_param_ has NO_IMM_CMPL: the callback may run inside the call
     ucp_request_param_t local;
@@ -1083,7 +1084,7 @@ inline std::int64_t Engine::sample_start() noexcept {
         op->request = sp;
         // Still marked "inside the UCX call": a completion while polling is reported here.
         // (Not with a deadline: it is armed only once the operation is tracked.)
-        if (recv_poll_ != 0 && ready_head_ == nullptr && (op->opts & kOptTimeout) == 0 && poll_inline(op))
+        if (Poll && recv_poll_ != 0 && ready_head_ == nullptr && (op->opts & kOptTimeout) == 0 && poll_inline(op))
             return false;
         track_kind<OpKind::RECV>(op);
         op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
@@ -1110,11 +1111,14 @@ inline bool Engine::loop_has_work() const noexcept {
 // empty) polls the worker a few times before its coroutine suspends. A message that
 // arrives meanwhile (a ping-pong's reply, ~0.2-1 us away on shared memory) completes inside
 // co_await: no registry entry, suspension, loop iteration, ready-list entry or resume.
-// Polling stops as soon as the loop has anything else to do (timers: every 256 calls, as
-// in the loop), so nothing waits behind it for more than one progress call; the worker
-// stays claimed (kLib) throughout, so no hand-off can start. The operation is not in the registry while it polls: nothing that
-// reads the registry (teardown, cancels, deferred connection events, the in-flight dump)
-// runs before loop_has_work() has stopped the poll and the operation has been tracked.
+// Only on the fast path (Engine::start: a coroutine on the progress thread, worker claimed
+// as kLib), never from post(): there the caller may be the loop itself, with submissions
+// still to post. Polling stops as soon as the loop has anything else to do (timers: every
+// 256 calls, as in the loop), so nothing waits behind it for more than one progress call;
+// the worker stays claimed throughout, so no hand-off can start. The operation is not in
+// the registry while it polls: nothing that reads the registry (teardown, cancels,
+// deferred connection events, the in-flight dump) runs before the poll has stopped and
+// the operation has been tracked.
 [[gnu::noinline]] bool Engine::poll_inline(Operation* op) noexcept {
     if (loop_has_work()) return false;
     for (std::uint32_t i = recv_poll_; i != 0; --i) {
@@ -1291,7 +1295,7 @@ inline void Engine::post(Operation* op) noexcept {
                 ucp_tag_recv_info_t info;
                 if (ucp_tag_probe_nb(worker_, op->tag, op->tag_mask, 0, &info) == nullptr) break;
             }
-            (void)recv_owned(op, conn);
+            (void)recv_owned<false>(op, conn);
             return;
         default:
             op->sample_t0 = sample_start();

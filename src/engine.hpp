@@ -227,7 +227,7 @@ private:
                                           ucp_request_param_t& local) noexcept;
     bool send_owned(Operation* op, Connection* conn) noexcept;
     bool send_posted(Operation* op, Connection* conn, ucs_status_ptr_t sp) noexcept;
-    bool recv_owned(Operation* op, Connection* conn) noexcept;
+    template <bool Poll> bool recv_owned(Operation* op, Connection* conn) noexcept;  // Poll: poll_inline
     bool recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept;
     bool poll_inline(Operation* op) noexcept;
     bool loop_has_work() const noexcept;

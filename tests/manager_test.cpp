@@ -1503,6 +1503,24 @@ TEST_F(ManagerTest, LongPollOfASilentReceiveYieldsToCancelSubmissionAndShutdown)
     EXPECT_EQ(d->result, RdmaResult::DISCONNECTED) << *d;
 }
 
+// A receive submitted from another thread is posted by the loop itself (which may have
+// more submissions to post): it never polls.
+TEST_F(ManagerTest, ReceiveSubmittedFromAnotherThreadDoesNotPoll) {
+    ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 30)));
+    // Let the handshake's last control message (the server's PING) arrive first: it would
+    // stop a poll at once and hide one.
+    std::this_thread::sleep_for(100ms);
+    std::uint8_t* sink = buffer(64);
+    auto r = start(client_->tag_recv(sink, 8, 600));
+    EXPECT_FALSE(r->wait_for(20ms).has_value());
+    std::uint64_t v = 7;
+    ASSERT_TRUE(await_within(server_->tag_send(&v, sizeof v, 600), kOpLimit).has_value());
+    const auto got = r->wait_for(kOpLimit);
+    ASSERT_TRUE(got.has_value());
+    EXPECT_TRUE(got->success()) << *got;
+    EXPECT_EQ(client_->metrics().recvs_polled, 0u);
+}
+
 // A receive with a deadline does not poll: the deadline starts when it is tracked.
 TEST_F(ManagerTest, RecvWithTimeoutDoesNotPollPastItsDeadline) {
     ASSERT_NO_FATAL_FAILURE(connect_pair(polling_options(1u << 30)));
