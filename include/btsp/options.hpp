@@ -80,13 +80,14 @@ struct ManagerOptions {
     /// UCX_MM_FIFO_SIZE, UCX_POSIX_FIFO_SIZE or UCX_SYSV_FIFO_SIZE (those win).
     std::uint32_t shm_fifo_size = 256;
     /// Progress calls a receive may make itself, right after it is posted, before its
-    /// coroutine suspends. Only when no other coroutine is ready to run and the progress
-    /// loop has nothing else to do (polling stops at the first other event), and not for a
-    /// receive with a timeout. A message that arrives meanwhile completes inside co_await,
-    /// without a suspension and a resume: ~7 % fewer instructions per 8-byte round trip,
-    /// ~2 % lower ping-pong latency on shared memory (docs/performance.md). 0 turns it
-    /// off; BLOCKING mode never polls. MetricsSnapshot::recvs_polled counts the receives
-    /// it completed.
+    /// coroutine suspends. Only for receives awaited on the progress thread (not those
+    /// submitted from other threads), when no other coroutine is ready to run and the
+    /// progress loop has nothing else to do (polling stops at the first other event), and
+    /// not for a receive with a timeout. A message that arrives meanwhile completes inside
+    /// co_await, without a suspension and a resume: ~7 % fewer instructions per 8-byte
+    /// round trip, ~2 % lower ping-pong latency on shared memory (docs/performance.md).
+    /// 0 turns it off; BLOCKING mode never polls. MetricsSnapshot::recvs_polled counts the
+    /// receives it completed.
     std::uint32_t recv_poll = 64;
     /// Extra UCX configuration applied with ucp_config_modify (e.g. {"TLS", "tcp"}).
     std::vector<std::pair<std::string, std::string>> ucx_config;
