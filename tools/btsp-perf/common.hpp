@@ -73,10 +73,12 @@ struct BackendOptions {
     long recv_poll = -1;            // library: ManagerOptions::recv_poll; -1: its default
 };
 
-// The library's receive polling budget in this run (ManagerOptions::recv_poll).
+// The library's receive polling budget in this run (ManagerOptions::recv_poll; BLOCKING
+// mode never polls).
 inline std::uint32_t recv_poll_in_use(const BackendOptions& o) {
-    if (o.recv_poll >= 0) return static_cast<std::uint32_t>(o.recv_poll);
-    return btsp::ManagerOptions::from_env().recv_poll;
+    const btsp::ManagerOptions env = btsp::ManagerOptions::from_env();
+    if ((o.mode_given ? o.mode : env.progress_mode) == btsp::ProgressMode::BLOCKING) return 0;
+    return o.recv_poll >= 0 ? static_cast<std::uint32_t>(o.recv_poll) : env.recv_poll;
 }
 
 // The shared-memory FIFO depth (UCX MM_FIFO_SIZE) both implementations use: --shm-fifo,
