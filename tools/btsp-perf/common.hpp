@@ -71,6 +71,7 @@ struct BackendOptions {
     long shm_fifo = -1;             // shared-memory FIFO depth for both implementations;
                                     // -1: the library's default, 0: UCX's own (64)
     long recv_poll = -1;            // library: ManagerOptions::recv_poll; -1: its default
+    bool raw_coro = false;          // raw server: receive streams in bare coroutines (--raw-coro)
 };
 
 // The library's receive polling budget in this run (ManagerOptions::recv_poll; BLOCKING

@@ -150,6 +150,10 @@ Implementations:
       --compare        library and raw in one run; prints ratio columns (library / raw)
       --raw-sockaddr   raw: keep data on the sockaddr endpoint (the plain-UCP flow) instead of
                        moving it to worker-address endpoints as the library does
+      --raw-coro       raw: the server's stream receives (bw, rate) are awaited by bare
+                       coroutines, one resume per message and nothing else: the floor of
+                       any coroutine-per-message layer (give it to the server, or use
+                       --loopback)
       --repeat R       run everything R times, report medians. With --loopback both servers
                        stay up and the implementations alternate item by item (fair on a
                        noisy machine; not with --mode polling, whose idle side would spin)
@@ -278,6 +282,7 @@ Options parse(int argc, char** argv) {
         } else if (a == "--idle-ms") o.idle_ms = static_cast<unsigned>(parse_u64(need(i), "idle time"));
         else if (a == "--raw") o.raw = true;
         else if (a == "--raw-sockaddr") o.backend.raw_sockaddr = true;
+        else if (a == "--raw-coro") o.backend.raw_coro = true;
         else if (a == "--shm-fifo") {
             const std::uint64_t v = parse_u64(need(i), "FIFO depth");
             if (v == 1 || v > (1u << 20) || (v & (v - 1)) != 0) bad("--shm-fifo wants 0 or a power of two >= 2");
@@ -486,6 +491,7 @@ std::uint16_t spawn_server(const Options& o, Impl impl, Child& child) {
         args.push_back(std::to_string(o.cpus[0]));
     }
     if (o.backend.raw_sockaddr) args.push_back("--raw-sockaddr");
+    if (o.backend.raw_coro) args.push_back("--raw-coro");
     if (o.backend.shm_fifo >= 0) {
         args.push_back("--shm-fifo");
         args.push_back(std::to_string(o.backend.shm_fifo));
@@ -1056,9 +1062,9 @@ std::string conns_json(const Row& r) {
 
 void print_json(const Options& o, const std::vector<Agg>& agg) {
     std::printf("{\n  \"tool\": \"btsp-perf\",\n  \"mode\": \"%s\",\n  \"loopback\": %s,\n  \"repeat\": %d,\n"
-                "  \"shm_fifo\": %u,\n  \"recv_poll\": %u,\n  \"results\": [\n",
+                "  \"shm_fifo\": %u,\n  \"recv_poll\": %u,\n  \"raw_coro\": %s,\n  \"results\": [\n",
                 mode_name(o).c_str(), o.loopback ? "true" : "false", o.repeat, shm_fifo_in_use(o.backend),
-                recv_poll_in_use(o.backend));
+                recv_poll_in_use(o.backend), o.backend.raw_coro ? "true" : "false");
     for (std::size_t i = 0; i < agg.size(); ++i) {
         const Row& r = agg[i].row;
         std::printf("    {\"impl\": \"%s\", \"test\": \"%s\", \"size\": %zu, \"window\": %u, \"iters\": %" PRIu64
@@ -1123,6 +1129,7 @@ int run_client(const Options& o) {
         else if (fifo != 0) std::printf(", shm FIFO %u", fifo);
         else std::printf(", shm FIFO UCX default");
         if (o.compare || !o.raw) std::printf(", recv poll %u", recv_poll_in_use(o.backend));
+        if ((o.compare || o.raw) && o.backend.raw_coro) std::printf(", raw server receives in bare coroutines");
         std::printf("\n");
         print_table(o, agg, items, impls);
     }

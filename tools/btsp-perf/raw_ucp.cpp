@@ -7,6 +7,7 @@
 // One thread, busy progress loop (ucp_worker_progress until the request completes).
 #include "common.hpp"
 
+#include <coroutine>
 #include <ucp/api/ucp.h>
 
 #include <arpa/inet.h>
@@ -179,6 +180,77 @@ void stream_recv_cb(void* request, ucs_status_t status, const ucp_tag_recv_info_
     ++c->completed;
     if (status != UCS_OK) c->error = status;
     ucp_request_free(request);
+}
+
+
+// ---- --raw-coro: raw UCP plus a bare coroutine per message (receiving side) ------------
+// The floor of any coroutine-per-message layer over UCP: each of `window` coroutines
+// loops on a receive awaiter that posts ucp_tag_recv_nbx and suspends; the callback
+// queues the coroutine, and the loop resumes the queued ones after ucp_worker_progress
+// returns (as the library does). Nothing else: no registry, metrics, cancellation,
+// argument checks or worker hand-off. docs/performance.md compares the library with it.
+struct BareTask {
+    struct promise_type {
+        BareTask get_return_object() noexcept { return {}; }
+        std::suspend_never initial_suspend() noexcept { return {}; }
+        std::suspend_never final_suspend() noexcept { return {}; }  // the frame frees itself
+        void return_void() noexcept {}
+        void unhandled_exception() noexcept { std::terminate(); }
+    };
+};
+struct BareSched {
+    std::vector<std::coroutine_handle<>> ready;
+    std::uint64_t posted = 0, completed = 0;
+    ucs_status_t error = UCS_OK;
+};
+struct BareRecvOp {
+    std::coroutine_handle<> waiter;
+    BareSched* sched;
+    ucs_status_t status;
+    bool done;
+};
+void bare_recv_cb(void* request, ucs_status_t status, const ucp_tag_recv_info_t*, void* user_data) {
+    auto* op = static_cast<BareRecvOp*>(user_data);
+    op->status = status;
+    op->done = true;
+    ucp_request_free(request);
+    op->sched->ready.push_back(op->waiter);
+}
+struct BareRecv {
+    ucp_worker_h worker;
+    void* buf;
+    std::size_t size;
+    BareSched* sched;
+    BareRecvOp op{};
+    bool await_ready() const noexcept { return false; }
+    bool await_suspend(std::coroutine_handle<> h) noexcept {
+        op.waiter = h;
+        op.sched = sched;
+        op.done = false;
+        ucp_request_param_t p;
+        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+        p.cb.recv = bare_recv_cb;
+        p.user_data = &op;
+        const ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker, buf, size, kTagData, ~std::uint64_t{0}, &p);
+        if (UCS_PTR_IS_ERR(sp)) {
+            op.status = UCS_PTR_STATUS(sp);
+            return false;
+        }
+        if (op.done) {  // completed inside the call: the callback queued us last
+            sched->ready.pop_back();
+            return false;
+        }
+        return true;
+    }
+    ucs_status_t await_resume() const noexcept { return op.status; }
+};
+BareTask bare_receiver(ucp_worker_h worker, void* buf, std::size_t size, BareSched* sched, std::uint64_t total) {
+    while (sched->posted < total && sched->error == UCS_OK) {
+        ++sched->posted;
+        const ucs_status_t st = co_await BareRecv{worker, buf, size, sched};
+        if (st != UCS_OK) sched->error = st;
+        else ++sched->completed;
+    }
 }
 
 // Base with the blocking send/recv helpers used by client and server.
@@ -608,6 +680,7 @@ class RawServer : private RawPeer {
 public:
     int run(const BackendOptions& o, std::uint16_t port, int port_fd) {
         pin_to_cpu(o.cpu);
+        bare_coroutines_ = o.raw_coro;
         std::string err;
         if (!w_.init(shm_fifo_depth(o), err) || !listen(port, err)) {
             std::fprintf(stderr, "btsp-perf raw server: %s\n", err.c_str());
@@ -872,6 +945,10 @@ private:
         grow(rbuf_, c.size);
         char ready[8] = {};
         if (send(ep, ready, sizeof ready, kTagReady) != UCS_OK) return;
+        if (bare_coroutines_) {
+            serve_stream_bare(ep, c);
+            return;
+        }
         Counter cnt;
         ucp_request_param_t p;
         p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
@@ -906,6 +983,37 @@ private:
         (void)send(ep, &done, sizeof done, kTagDone);
     }
 
+    // serve_stream with --raw-coro: the receives are awaited by `window` bare coroutines.
+    void serve_stream_bare(RawEp& ep, const Cmd& c) {
+        // On failure, receives stay posted and coroutines suspended until the process
+        // exits: the scheduler they point at is then deliberately not freed.
+        auto sched = std::make_unique<BareSched>();
+        sched->ready.reserve(std::max(1u, c.window));
+        std::vector<std::coroutine_handle<>> batch;
+        batch.reserve(sched->ready.capacity());
+        for (unsigned i = 0; i < std::max(1u, c.window); ++i)
+            bare_receiver(w_.worker, rbuf_.data(), c.size, sched.get(), c.iters);
+        const std::uint64_t deadline = now_ns() + 120'000'000'000ull;
+        std::uint64_t spins = 0;
+        while (sched->completed < c.iters && sched->error == UCS_OK) {
+            ucp_worker_progress(w_.worker);
+            if (!sched->ready.empty()) {
+                batch.swap(sched->ready);
+                for (std::coroutine_handle<> h : batch) h.resume();
+                batch.clear();
+            }
+            if (ep.failed || ((++spins & 0xFFFF) == 0 && now_ns() > deadline)) break;
+        }
+        if (sched->completed < c.iters || sched->error != UCS_OK) {
+            std::fprintf(stderr, "btsp-perf raw server: stream (bare coroutines): %s\n",
+                         ucs_status_string(sched->error != UCS_OK ? sched->error : UCS_ERR_TIMED_OUT));
+            (void)sched.release();
+            return;
+        }
+        Reply done;
+        (void)send(ep, &done, sizeof done, kTagDone);
+    }
+
     void shutdown() {
         for (ucp_conn_request_h req : pending_) ucp_listener_reject(listener_, req);
         pending_.clear();
@@ -920,6 +1028,7 @@ private:
     }
 
     ucp_listener_h listener_ = nullptr;
+    bool bare_coroutines_ = false;  // --raw-coro
     std::uint16_t port_ = 0;
     std::vector<ucp_conn_request_h> pending_;
     std::vector<std::unique_ptr<RawConn>> conns_;
