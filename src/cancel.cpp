@@ -24,6 +24,10 @@ std::uint8_t decide_fence_mode() noexcept {
     return mode;
 }
 
+void light_fence_slow() noexcept {
+    if (!asymmetric_fences()) std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
 void heavy_fence() noexcept {
     if (!asymmetric_fences() || ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
         std::atomic_thread_fence(std::memory_order_seq_cst);

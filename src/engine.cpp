@@ -942,34 +942,6 @@ void Engine::precheck(Operation* op) const noexcept {
     }
 }
 
-bool start_operation(Operation* op) noexcept { return op->engine->start(op); }
-
-// The fast path: a send or receive awaited by one of our coroutines on the owning thread,
-// with nothing unusual about it (arguments fine, connected, not shutting down, not
-// cancelled, no hand-off being decided). Everything else takes start_general().
-bool Engine::start(Operation* op) noexcept {
-    ThreadCtx* c = tls_ctx;
-    if (c != nullptr && c->engine == this && op->kind <= OpKind::RECV &&
-        c->mode.load(std::memory_order_relaxed) == kUser && data_args_ok(op)) [[likely]] {
-        // Claim the worker for the UCX call so a hand-off cannot happen in the middle of it
-        // (owner_enter without its slow branch: anything unusual backs out to the general path).
-        c->mode.store(kLib, std::memory_order_relaxed);
-        light_fence();
-        Connection* conn = live_head_;
-        if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c &&
-            conn != nullptr && !tearing_down_ && op->cancel_request.load(std::memory_order_acquire) == 0) [[likely]] {
-            const bool pending = op->kind == OpKind::SEND ? send_owned(op, conn) : recv_owned<true>(op, conn);
-            // Activity for the watchdog: a coroutine that keeps starting operations is
-            // busy, not blocked, and is not handed off.
-            bump(activity_);
-            c->mode.store(kUser, std::memory_order_release);
-            return pending;
-        }
-        c->mode.store(kUser, std::memory_order_relaxed);  // UCX untouched: back to where we were
-    }
-    return start_general(op);
-}
-
 [[gnu::noinline]] bool Engine::start_general(Operation* op) noexcept {
     op->result = RdmaOpResult{};  // the general path writes results field by field
     ThreadCtx* c = tls_ctx;
@@ -1171,6 +1143,36 @@ bool Engine::after_post(Operation* op) noexcept {
     if ((op->opts & kOptTimeout) && (op->flags & kOpTracked)) arm_deadline(op);
     return true;
 }
+
+// The fast path: a send or receive awaited by one of our coroutines on the owning thread,
+// with nothing unusual about it (arguments fine, connected, not shutting down, not
+// cancelled, no hand-off being decided). Everything else takes start_general().
+[[gnu::always_inline]] inline bool Engine::start(Operation* op) noexcept {
+    ThreadCtx* c = tls_ctx;
+    if (c != nullptr && c->engine == this && op->kind <= OpKind::RECV &&
+        c->mode.load(std::memory_order_relaxed) == kUser && data_args_ok(op)) [[likely]] {
+        // Claim the worker for the UCX call so a hand-off cannot happen in the middle of it
+        // (owner_enter without its slow branch: anything unusual backs out to the general path).
+        c->mode.store(kLib, std::memory_order_relaxed);
+        light_fence();
+        Connection* conn = live_head_;
+        if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c &&
+            conn != nullptr && !tearing_down_ && op->cancel_request.load(std::memory_order_acquire) == 0) [[likely]] {
+            const bool pending = op->kind == OpKind::SEND ? send_owned(op, conn) : recv_owned<true>(op, conn);
+            // Activity for the watchdog: a coroutine that keeps starting operations is
+            // busy, not blocked, and is not handed off.
+            bump(activity_);
+            c->mode.store(kUser, std::memory_order_release);
+            return pending;
+        }
+        c->mode.store(kUser, std::memory_order_relaxed);  // UCX untouched: back to where we were
+    }
+    return start_general(op);
+}
+
+// The entry point of every co_await of an operation (RdmaAwaitable::await_suspend): the
+// fast path is inlined here whole (one call from the coroutine, no nested prologues).
+bool start_operation(Operation* op) noexcept { return op->engine->start(op); }
 
 // Any other thread: check, then hand the op to the owner. Keep the engine alive until we
 // are done touching it (the op may complete and its coroutine finish before we return).

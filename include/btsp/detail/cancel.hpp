@@ -24,9 +24,14 @@ std::uint8_t decide_fence_mode() noexcept;  // registers (once) and sets fence_m
     if (m == 0) [[unlikely]] m = decide_fence_mode();
     return m == 1;
 }
+/// The light fence when membarrier is not (yet) known to work: decides the mode on first
+/// use, then a full fence unless membarrier was registered.
+void light_fence_slow() noexcept;
+/// Runs on every operation and resume (several times each): one compare and one branch
+/// once the mode is decided.
 [[gnu::always_inline]] inline void light_fence() noexcept {
-    if (asymmetric_fences()) [[likely]] std::atomic_signal_fence(std::memory_order_seq_cst);
-    else std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (fence_mode.load(std::memory_order_relaxed) != 1) [[unlikely]] light_fence_slow();
+    std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 void heavy_fence() noexcept;
 
