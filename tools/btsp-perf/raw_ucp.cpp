@@ -941,7 +941,8 @@ private:
         if (st != UCS_OK) std::fprintf(stderr, "btsp-perf raw server: lat: %s\n", ucs_status_string(st));
     }
 
-    void serve_stream(RawEp& ep, const Cmd& c) {
+    // Not inlined: bench/instructions_per_message.sh counts instructions inside it only.
+    [[gnu::noinline]] void serve_stream(RawEp& ep, const Cmd& c) {
         grow(rbuf_, c.size);
         char ready[8] = {};
         if (send(ep, ready, sizeof ready, kTagReady) != UCS_OK) return;
@@ -984,7 +985,7 @@ private:
     }
 
     // serve_stream with --raw-coro: the receives are awaited by `window` bare coroutines.
-    void serve_stream_bare(RawEp& ep, const Cmd& c) {
+    [[gnu::noinline]] void serve_stream_bare(RawEp& ep, const Cmd& c) {
         // On failure, receives stay posted and coroutines suspended until the process
         // exits: the scheduler they point at is then deliberately not freed.
         auto sched = std::make_unique<BareSched>();
