@@ -84,7 +84,8 @@ public:
 
     // ---- operations ----------------------------------------------------------------
     /// Starts `op` (its waiter is set). Returns true if the caller must suspend (the op
-    /// completes later on the progress thread), false if it already completed.
+    /// completes later on the progress thread), false if it already completed. Defined
+    /// inline in engine.cpp, where start_operation() is its only caller.
     bool start(Operation* op) noexcept;
     /// Pre-start check: fails `op` at once if the manager cannot run it at all.
     void precheck(Operation* op) const noexcept;
