@@ -59,8 +59,8 @@ instructions() {
         receiver/raw) counted+=(--toggle-collect='*RawServer::serve_stream(*') ;;
         receiver/bare) counted+=(--toggle-collect='*RawServer::serve_stream_bare(*') ;;
     esac
-    local peer=(valgrind --tool=callgrind --callgrind-out-file="$work/peer.$run")
-    [ "$side" = receiver ] && [ "$impl" = lib ] || peer=()  # see above: who runs natively
+    local peer=()  # the other side runs natively, except against the btsp receiver (above)
+    [ "$side/$impl" = receiver/lib ] && peer=(valgrind --tool=callgrind --callgrind-out-file="$work/peer.$run")
     local server_vg=("${peer[@]}") client_vg=("${counted[@]}")
     if [ "$side" = receiver ]; then server_vg=("${counted[@]}") client_vg=("${peer[@]}"); fi
     timeout 900 "${server_vg[@]}" "$BIN" "${srv[@]}" -p "$port" >"$work/server.log" 2>&1 &
