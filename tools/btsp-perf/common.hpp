@@ -4,6 +4,8 @@
 
 #include <btsp/options.hpp>
 
+#include <ucp/api/ucp.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -72,6 +74,10 @@ struct BackendOptions {
                                     // -1: the library's default, 0: UCX's own (64)
     long recv_poll = -1;            // library: ManagerOptions::recv_poll; -1: its default
     bool raw_coro = false;          // raw server: receive streams in bare coroutines (--raw-coro)
+    // --lib-raw-loops: library processes whose stream runs raw UCP loops on the manager's
+    // worker (lock_worker) on the sending (client) and/or receiving (server) side.
+    bool lib_raw_send = false;
+    bool lib_raw_recv = false;
 };
 
 // The library's receive polling budget in this run (ManagerOptions::recv_poll; BLOCKING
@@ -156,6 +162,16 @@ std::unique_ptr<ClientBackend> make_raw_client(const BackendOptions& o);
 // listening, then close it. Returns the process exit code.
 int run_lib_server(const BackendOptions& o, std::uint16_t port, int port_fd);
 int run_raw_server(const BackendOptions& o, std::uint16_t port, int port_fd);
+
+// ---- raw UCP stream loops (raw_ucp.cpp) ----------------------------------------------------
+// The raw implementation's stream (bw, rate): iters messages of kTagData with `window`
+// operations in flight, completions only counted. The sending side posts on `ep`, the
+// receiving side on `worker`. UCS_OK when all completed; bounded by 120 s and by *failed
+// (set by an endpoint error handler). Also used by the library's --lib-raw-loops diagnostic.
+ucs_status_t raw_send_stream(ucp_worker_h worker, ucp_ep_h ep, const void* buf, std::size_t size,
+                             std::uint64_t iters, unsigned window, const bool* failed);
+ucs_status_t raw_recv_stream(ucp_worker_h worker, void* buf, std::size_t size, std::uint64_t iters,
+                             unsigned window, const bool* failed);
 
 // ---- helpers -----------------------------------------------------------------------------
 inline std::uint64_t now_ns() {

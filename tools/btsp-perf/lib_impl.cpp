@@ -45,6 +45,28 @@ void grow(std::vector<char>& v, std::size_t n) {
     if (v.size() < n) v.assign(n, 'x');
 }
 
+// --lib-raw-loops: one side of a stream as raw UCP loops (raw_send_stream /
+// raw_recv_stream) on the manager's worker, held with lock_worker() for the whole stream.
+// Must run on the progress thread (in a coroutine resumed there); otherwise it fails.
+RdmaOpResult raw_loops_on(CoroutineRdmaManager& m, bool send, void* buf, std::size_t size,
+                          std::uint64_t iters, unsigned window) {
+    RdmaOpResult r;
+    btsp::WorkerGuard g = m.lock_worker();
+    ucp_ep_h ep = m.ucx_endpoint();
+    if (!g.owns() || (send && ep == nullptr)) {
+        r.result = RdmaResult::FAILURE;
+        r.detail = "--lib-raw-loops: the worker cannot be locked here (not on the progress thread)";
+        return r;
+    }
+    const bool failed = false;  // endpoint errors reach the library; the loops' deadline bounds them
+    const ucs_status_t st = send ? raw_send_stream(g.worker(), ep, buf, size, iters, window, &failed)
+                                 : raw_recv_stream(g.worker(), buf, size, iters, window, &failed);
+    r.result = st == UCS_OK ? RdmaResult::SUCCESS : RdmaResult::FAILURE;
+    r.status = st;
+    r.detail = st == UCS_OK ? nullptr : ucs_status_string(st);
+    return r;
+}
+
 // ---------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------
@@ -401,9 +423,15 @@ private:
         fail.result = RdmaResult::SUCCESS;
         std::uint64_t posted = 0;
         const std::uint64_t t0 = now_ns();
-        for (unsigned i = 0; i < window; ++i)
-            tasks_.push_back(sender(m, sbuf_.data(), size, posted, iters, fail));
-        for (auto& t : tasks_) co_await t;
+        if (opts_.lib_raw_send) {
+            // Diagnostic: raw UCP sends on the manager's worker and endpoint (after the
+            // command's reply this coroutine runs on the progress thread).
+            fail = raw_loops_on(m, true, sbuf_.data(), size, iters, window);
+        } else {
+            for (unsigned i = 0; i < window; ++i)
+                tasks_.push_back(sender(m, sbuf_.data(), size, posted, iters, fail));
+            for (auto& t : tasks_) co_await t;
+        }
         Reply done;
         if (fail) r = co_await m.tag_recv(&done, sizeof done, kTagDone);
         seconds = static_cast<double>(now_ns() - t0) * 1e-9;
@@ -447,7 +475,7 @@ private:
 // ---------------------------------------------------------------------------------------
 class LibServer {
 public:
-    explicit LibServer(CoroutineRdmaManager& m) : m_(m) {}
+    LibServer(CoroutineRdmaManager& m, const BackendOptions& o) : m_(m), opts_(o) {}
 
     RdmaTask<bool> lat(const Cmd c) {
         grow(sbuf_, c.size);
@@ -482,9 +510,13 @@ public:
         RdmaOpResult fail;
         fail.result = RdmaResult::SUCCESS;
         std::uint64_t posted = 0;
-        for (std::uint32_t i = 0; i < std::max<std::uint32_t>(c.window, 1); ++i)
-            tasks_.push_back(receiver(m_, rbuf_.data(), c.size, posted, c.iters, fail));
-        for (auto& t : tasks_) co_await t;
+        if (opts_.lib_raw_recv) {
+            fail = raw_loops_on(m_, false, rbuf_.data(), c.size, c.iters, c.window);  // diagnostic
+        } else {
+            for (std::uint32_t i = 0; i < std::max<std::uint32_t>(c.window, 1); ++i)
+                tasks_.push_back(receiver(m_, rbuf_.data(), c.size, posted, c.iters, fail));
+            for (auto& t : tasks_) co_await t;
+        }
         tasks_.clear();
         if (!fail) {
             std::fprintf(stderr, "btsp-perf server: stream: %s\n", describe("recv", fail).c_str());
@@ -497,6 +529,7 @@ public:
 
 private:
     CoroutineRdmaManager& m_;
+    const BackendOptions opts_;
     std::vector<char> sbuf_, rbuf_;
     std::vector<RdmaTask<void>> tasks_;
 };
@@ -521,7 +554,7 @@ int run_lib_server(const BackendOptions& o, std::uint16_t port, int port_fd) {
         std::fprintf(stderr, "btsp-perf server (btsp, %s mode): listening on port %u\n",
                      btsp::to_string(m.options().progress_mode).data(), m.listening_port());
     }
-    LibServer server(m);
+    LibServer server(m, o);
     for (;;) {
         if (!sync_wait(m.wait_for_connection())) return 3;
         Cmd c;

@@ -154,6 +154,11 @@ Implementations:
                        coroutines, one resume per message and nothing else: the floor of
                        any coroutine-per-message layer (give it to the server, or use
                        --loopback)
+      --lib-raw-loops S  btsp, diagnostic: the stream's (bw, rate) sending side (S = send),
+                       receiving side (recv) or both run raw UCP loops on the manager's
+                       worker instead of co_await: the library's processes, connection and
+                       UCX set-up without its per-operation path (give it to the server
+                       too, or use --loopback)
       --repeat R       run everything R times, report medians. With --loopback both servers
                        stay up and the implementations alternate item by item (fair on a
                        noisy machine; not with --mode polling, whose idle side would spin)
@@ -283,6 +288,12 @@ Options parse(int argc, char** argv) {
         else if (a == "--raw") o.raw = true;
         else if (a == "--raw-sockaddr") o.backend.raw_sockaddr = true;
         else if (a == "--raw-coro") o.backend.raw_coro = true;
+        else if (a == "--lib-raw-loops") {
+            const std::string v = need(i);
+            o.backend.lib_raw_send = v == "send" || v == "both";
+            o.backend.lib_raw_recv = v == "recv" || v == "both";
+            if (!o.backend.lib_raw_send && !o.backend.lib_raw_recv) bad("--lib-raw-loops wants send, recv or both");
+        }
         else if (a == "--shm-fifo") {
             const std::uint64_t v = parse_u64(need(i), "FIFO depth");
             if (v == 1 || v > (1u << 20) || (v & (v - 1)) != 0) bad("--shm-fifo wants 0 or a power of two >= 2");
@@ -492,6 +503,10 @@ std::uint16_t spawn_server(const Options& o, Impl impl, Child& child) {
     }
     if (o.backend.raw_sockaddr) args.push_back("--raw-sockaddr");
     if (o.backend.raw_coro) args.push_back("--raw-coro");
+    if (o.backend.lib_raw_send || o.backend.lib_raw_recv) {
+        args.push_back("--lib-raw-loops");
+        args.push_back(o.backend.lib_raw_send && o.backend.lib_raw_recv ? "both" : o.backend.lib_raw_send ? "send" : "recv");
+    }
     if (o.backend.shm_fifo >= 0) {
         args.push_back("--shm-fifo");
         args.push_back(std::to_string(o.backend.shm_fifo));
@@ -1062,9 +1077,11 @@ std::string conns_json(const Row& r) {
 
 void print_json(const Options& o, const std::vector<Agg>& agg) {
     std::printf("{\n  \"tool\": \"btsp-perf\",\n  \"mode\": \"%s\",\n  \"loopback\": %s,\n  \"repeat\": %d,\n"
-                "  \"shm_fifo\": %u,\n  \"recv_poll\": %u,\n  \"raw_coro\": %s,\n  \"results\": [\n",
+                "  \"shm_fifo\": %u,\n  \"recv_poll\": %u,\n  \"raw_coro\": %s,\n"
+                "  \"lib_raw_send\": %s,\n  \"lib_raw_recv\": %s,\n  \"results\": [\n",
                 mode_name(o).c_str(), o.loopback ? "true" : "false", o.repeat, shm_fifo_in_use(o.backend),
-                recv_poll_in_use(o.backend), o.backend.raw_coro ? "true" : "false");
+                recv_poll_in_use(o.backend), o.backend.raw_coro ? "true" : "false",
+                o.backend.lib_raw_send ? "true" : "false", o.backend.lib_raw_recv ? "true" : "false");
     for (std::size_t i = 0; i < agg.size(); ++i) {
         const Row& r = agg[i].row;
         std::printf("    {\"impl\": \"%s\", \"test\": \"%s\", \"size\": %zu, \"window\": %u, \"iters\": %" PRIu64
@@ -1130,6 +1147,11 @@ int run_client(const Options& o) {
         else std::printf(", shm FIFO UCX default");
         if (o.compare || !o.raw) std::printf(", recv poll %u", recv_poll_in_use(o.backend));
         if ((o.compare || o.raw) && o.backend.raw_coro) std::printf(", raw server receives in bare coroutines");
+        if ((o.compare || !o.raw) && (o.backend.lib_raw_send || o.backend.lib_raw_recv))
+            std::printf(", btsp stream %s in raw UCP loops (diagnostic)",
+                        o.backend.lib_raw_send && o.backend.lib_raw_recv ? "sends and receives"
+                        : o.backend.lib_raw_send                           ? "sends"
+                                                                           : "receives");
         std::printf("\n");
         print_table(o, agg, items, impls);
     }

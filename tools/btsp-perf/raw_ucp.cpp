@@ -182,6 +182,74 @@ void stream_recv_cb(void* request, ucs_status_t status, const ucp_tag_recv_info_
     ucp_request_free(request);
 }
 
+}  // namespace
+
+// The raw UCP stream loops (common.hpp): `window` operations in flight, completions only
+// count. Bounded: 120 s, or until *failed (the endpoint's error flag) is set.
+ucs_status_t raw_send_stream(ucp_worker_h worker, ucp_ep_h ep, const void* buf, std::size_t size,
+                             std::uint64_t iters, unsigned window, const bool* failed) {
+    Counter cnt;
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = stream_send_cb;
+    p.user_data = &cnt;
+    window = std::max(1u, window);
+    std::uint64_t posted = 0;
+    const std::uint64_t deadline = now_ns() + 120'000'000'000ull;
+    std::uint64_t spins = 0;
+    while (posted < iters && cnt.error == UCS_OK && !*failed) {
+        if (cnt.in_flight < window) {
+            const ucs_status_ptr_t sp = ucp_tag_send_nbx(ep, buf, size, kTagData, &p);
+            ++posted;
+            if (sp == nullptr) continue;
+            if (UCS_PTR_IS_ERR(sp)) {
+                cnt.error = UCS_PTR_STATUS(sp);
+                break;
+            }
+            ++cnt.in_flight;
+        } else {
+            ucp_worker_progress(worker);
+            if ((++spins & 0xFFFF) == 0 && now_ns() > deadline) break;
+        }
+    }
+    while (cnt.in_flight > 0 && !*failed && now_ns() < deadline) ucp_worker_progress(worker);
+    if (cnt.error != UCS_OK) return cnt.error;
+    if (*failed) return UCS_ERR_CONNECTION_RESET;
+    return cnt.in_flight == 0 && posted == iters ? UCS_OK : UCS_ERR_TIMED_OUT;
+}
+
+ucs_status_t raw_recv_stream(ucp_worker_h worker, void* buf, std::size_t size, std::uint64_t iters,
+                             unsigned window, const bool* failed) {
+    Counter cnt;
+    ucp_request_param_t p;
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    p.cb.recv = stream_recv_cb;
+    p.user_data = &cnt;
+    window = std::max(1u, window);
+    std::uint64_t posted = 0;
+    const std::uint64_t deadline = now_ns() + 120'000'000'000ull;
+    std::uint64_t spins = 0;
+    while (cnt.completed < iters && cnt.error == UCS_OK) {
+        while (posted < iters && cnt.in_flight < window) {
+            ++posted;
+            ++cnt.in_flight;  // the callback may run inside the call
+            const ucs_status_ptr_t sp = ucp_tag_recv_nbx(worker, buf, size, kTagData, ~std::uint64_t{0}, &p);
+            if (UCS_PTR_IS_ERR(sp)) {
+                cnt.error = UCS_PTR_STATUS(sp);
+                --cnt.in_flight;
+                break;
+            }
+        }
+        ucp_worker_progress(worker);
+        if (*failed || ((++spins & 0xFFFF) == 0 && now_ns() > deadline)) break;
+    }
+    if (cnt.error != UCS_OK) return cnt.error;  // pending receives stay posted
+    if (cnt.completed < iters) return *failed ? UCS_ERR_CONNECTION_RESET : UCS_ERR_TIMED_OUT;
+    return UCS_OK;
+}
+
+namespace {
+
 
 // ---- --raw-coro: raw UCP plus a bare coroutine per message (receiving side) ------------
 // The floor of any coroutine-per-message layer over UCP: each of `window` coroutines
@@ -462,35 +530,14 @@ public:
             err = st_text("stream setup", st);
             return false;
         }
-        Counter cnt;
-        ucp_request_param_t p;
-        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        p.cb.send = stream_send_cb;
-        p.user_data = &cnt;
-        const void* sb = sbuf_.data();
         const std::uint64_t t0 = now_ns();
-        std::uint64_t posted = 0;
-        const std::uint64_t deadline = t0 + 120'000'000'000ull;
-        while (posted < iters && cnt.error == UCS_OK && !main_.failed) {
-            if (cnt.in_flight < window) {
-                const ucs_status_ptr_t sp = ucp_tag_send_nbx(main_.ep, sb, size, kTagData, &p);
-                ++posted;
-                if (sp == nullptr) continue;
-                if (UCS_PTR_IS_ERR(sp)) {
-                    cnt.error = UCS_PTR_STATUS(sp);
-                    break;
-                }
-                ++cnt.in_flight;
-            } else {
-                ucp_worker_progress(w_.worker);
-            }
-        }
-        while (cnt.in_flight > 0 && now_ns() < deadline) ucp_worker_progress(w_.worker);
+        const ucs_status_t stream_st = raw_send_stream(w_.worker, main_.ep, sbuf_.data(), size, iters, window,
+                                                       &main_.failed);
         Reply done;
-        if (cnt.error == UCS_OK && cnt.in_flight == 0) st = recv(&done, sizeof done, kTagDone, &main_, 120.0);
+        if (stream_st == UCS_OK) st = recv(&done, sizeof done, kTagDone, &main_, 120.0);
         seconds = static_cast<double>(now_ns() - t0) * 1e-9;
-        if (cnt.error != UCS_OK || cnt.in_flight != 0 || st != UCS_OK) {
-            err = st_text("stream", cnt.error != UCS_OK ? cnt.error : (st != UCS_OK ? st : UCS_ERR_TIMED_OUT));
+        if (stream_st != UCS_OK || st != UCS_OK) {
+            err = st_text("stream", stream_st != UCS_OK ? stream_st : st);
             return false;
         }
         return true;
@@ -950,34 +997,9 @@ private:
             serve_stream_bare(ep, c);
             return;
         }
-        Counter cnt;
-        ucp_request_param_t p;
-        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                         UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
-        p.cb.recv = stream_recv_cb;
-        p.user_data = &cnt;
-        const unsigned window = std::max(1u, c.window);
-        void* rb = rbuf_.data();
-        std::uint64_t posted = 0;
-        const std::uint64_t deadline = now_ns() + 120'000'000'000ull;
-        std::uint64_t spins = 0;
-        while (cnt.completed < c.iters && cnt.error == UCS_OK) {
-            while (posted < c.iters && cnt.in_flight < window) {
-                ++posted;
-                ++cnt.in_flight;  // the callback may run inside the call
-                const ucs_status_ptr_t sp = ucp_tag_recv_nbx(w_.worker, rb, c.size, kTagData, ~std::uint64_t{0}, &p);
-                if (UCS_PTR_IS_ERR(sp)) {
-                    cnt.error = UCS_PTR_STATUS(sp);
-                    --cnt.in_flight;
-                    break;
-                }
-            }
-            ucp_worker_progress(w_.worker);
-            if (ep.failed || ((++spins & 0xFFFF) == 0 && now_ns() > deadline)) break;
-        }
-        if (cnt.completed < c.iters || cnt.error != UCS_OK) {
-            std::fprintf(stderr, "btsp-perf raw server: stream: %s\n",
-                         ucs_status_string(cnt.error != UCS_OK ? cnt.error : UCS_ERR_TIMED_OUT));
+        const ucs_status_t st = raw_recv_stream(w_.worker, rbuf_.data(), c.size, c.iters, c.window, &ep.failed);
+        if (st != UCS_OK) {
+            std::fprintf(stderr, "btsp-perf raw server: stream: %s\n", ucs_status_string(st));
             return;  // pending receives stay; the process exits soon
         }
         Reply done;
