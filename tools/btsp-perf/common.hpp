@@ -25,6 +25,8 @@ inline constexpr std::uint64_t kTagReady = 0xB75B'0000'0000'0002ull;
 inline constexpr std::uint64_t kTagData = 0xB75B'0000'0000'0003ull;
 inline constexpr std::uint64_t kTagDone = 0xB75B'0000'0000'0004ull;
 inline constexpr std::uint64_t kTagPong = 0xB75B'0000'0000'0005ull;
+// Never sent: a receive of it that times out moves a coroutine onto the progress thread.
+inline constexpr std::uint64_t kTagNever = 0xB75B'0000'0000'0006ull;
 
 enum CmdKind : std::uint32_t {
     kCmdHello = 1,     // arg = client implementation; reply (kTagDone) arg = server's

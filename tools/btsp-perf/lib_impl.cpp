@@ -47,24 +47,33 @@ void grow(std::vector<char>& v, std::size_t n) {
 
 // --lib-raw-loops: one side of a stream as raw UCP loops (raw_send_stream /
 // raw_recv_stream) on the manager's worker, held with lock_worker() for the whole stream.
-// Must run on the progress thread (in a coroutine resumed there); otherwise it fails.
-RdmaOpResult raw_loops_on(CoroutineRdmaManager& m, bool send, void* buf, std::size_t size,
-                          std::uint64_t iters, unsigned window) {
+// That needs the progress thread: a coroutine not on it (one that never suspended, or
+// resumed where its operation completed at once) first awaits a receive that times out,
+// which resumes it there.
+RdmaTask<RdmaOpResult> raw_loops_on(CoroutineRdmaManager& m, bool send, void* buf, std::size_t size,
+                                    std::uint64_t iters, unsigned window) {
     RdmaOpResult r;
-    btsp::WorkerGuard g = m.lock_worker();
-    ucp_ep_h ep = m.ucx_endpoint();
-    if (!g.owns() || (send && ep == nullptr)) {
-        r.result = RdmaResult::FAILURE;
-        r.detail = "--lib-raw-loops: the worker cannot be locked here (not on the progress thread)";
-        return r;
+    r.result = RdmaResult::FAILURE;
+    r.detail = "--lib-raw-loops: cannot lock the manager's worker";
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        {
+            btsp::WorkerGuard g = m.lock_worker();
+            ucp_ep_h ep = m.ucx_endpoint();
+            if (g.owns() && (!send || ep != nullptr)) {
+                const bool failed = false;  // endpoint errors reach the library; the loops' deadline bounds them
+                const ucs_status_t st = send ? raw_send_stream(g.worker(), ep, buf, size, iters, window, &failed)
+                                             : raw_recv_stream(g.worker(), buf, size, iters, window, &failed);
+                r.result = st == UCS_OK ? RdmaResult::SUCCESS : RdmaResult::FAILURE;
+                r.status = st;
+                r.detail = st == UCS_OK ? nullptr : ucs_status_string(st);
+                co_return r;
+            }
+        }
+        char none = 0;
+        const RdmaOpResult hop = co_await m.tag_recv(&none, sizeof none, kTagNever).timeout(std::chrono::microseconds(10));
+        if (hop.result != RdmaResult::TIMEOUT) co_return hop.success() ? r : hop;
     }
-    const bool failed = false;  // endpoint errors reach the library; the loops' deadline bounds them
-    const ucs_status_t st = send ? raw_send_stream(g.worker(), ep, buf, size, iters, window, &failed)
-                                 : raw_recv_stream(g.worker(), buf, size, iters, window, &failed);
-    r.result = st == UCS_OK ? RdmaResult::SUCCESS : RdmaResult::FAILURE;
-    r.status = st;
-    r.detail = st == UCS_OK ? nullptr : ucs_status_string(st);
-    return r;
+    co_return r;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -426,7 +435,7 @@ private:
         if (opts_.lib_raw_send) {
             // Diagnostic: raw UCP sends on the manager's worker and endpoint (after the
             // command's reply this coroutine runs on the progress thread).
-            fail = raw_loops_on(m, true, sbuf_.data(), size, iters, window);
+            fail = co_await raw_loops_on(m, true, sbuf_.data(), size, iters, window);
         } else {
             for (unsigned i = 0; i < window; ++i)
                 tasks_.push_back(sender(m, sbuf_.data(), size, posted, iters, fail));
@@ -511,7 +520,7 @@ public:
         fail.result = RdmaResult::SUCCESS;
         std::uint64_t posted = 0;
         if (opts_.lib_raw_recv) {
-            fail = raw_loops_on(m_, false, rbuf_.data(), c.size, c.iters, c.window);  // diagnostic
+            fail = co_await raw_loops_on(m_, false, rbuf_.data(), c.size, c.iters, c.window);  // diagnostic
         } else {
             for (std::uint32_t i = 0; i < std::max<std::uint32_t>(c.window, 1); ++i)
                 tasks_.push_back(receiver(m_, rbuf_.data(), c.size, posted, c.iters, fail));
