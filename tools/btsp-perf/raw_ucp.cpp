@@ -250,7 +250,6 @@ ucs_status_t raw_recv_stream(ucp_worker_h worker, void* buf, std::size_t size, s
 
 namespace {
 
-
 // ---- --raw-coro: raw UCP plus a bare coroutine per message (receiving side) ------------
 // The floor of any coroutine-per-message layer over UCP: each of `window` coroutines
 // loops on a receive awaiter that posts ucp_tag_recv_nbx and suspends; the callback
