@@ -35,7 +35,10 @@ void heavy_fence() noexcept {
 
 bool CancelSlot::cancel(std::uint8_t result) noexcept {
     std::uint8_t expected = 0;
-    sticky_.compare_exchange_strong(expected, result, std::memory_order_acq_rel);
+    const bool first = sticky_.compare_exchange_strong(expected, result, std::memory_order_acq_rel);
+    // Operations hold the slot, not the other way round: their engines look at it (after
+    // this store, so a scan cannot miss it; an operation starting meanwhile reads it).
+    request_cancel_scan_all();
     busy_.fetch_add(1, std::memory_order_acq_rel);
     // Pairs with the light fence in attach()/detach(): either we see the awaiting side's
     // store to current_, or it sees busy_ (detach then waits for us; attach sees sticky_).
@@ -46,7 +49,7 @@ bool CancelSlot::cancel(std::uint8_t result) noexcept {
         t->cancel(t, result);
     }
     busy_.fetch_sub(1, std::memory_order_release);
-    return v != 0;
+    return first;
 }
 
 void CancelSlot::wait_idle() const noexcept {

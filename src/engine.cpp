@@ -23,8 +23,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <mutex>
 #include <random>
 #include <thread>
+#include <vector>
 
 namespace btsp::detail {
 namespace {
@@ -59,6 +61,25 @@ inline void cpu_relax() noexcept {
 
 ThreadCtx* current_thread_ctx() noexcept { return tls_ctx; }
 
+namespace {
+// Every live engine, for CancelSlot::cancel (a cancelled task's operations may be pending
+// in any of them). Never destroyed: engines may outlive static destruction.
+struct EngineList {
+    std::mutex mutex;
+    std::vector<Engine*> engines;
+};
+EngineList& engine_list() {
+    static auto* list = new EngineList;
+    return *list;
+}
+}  // namespace
+
+void request_cancel_scan_all() noexcept {
+    EngineList& l = engine_list();
+    std::lock_guard<std::mutex> lock(l.mutex);
+    for (Engine* e : l.engines) e->request_cancel_scan();
+}
+
 Engine::Engine(const ManagerOptions& options) : opts_(options) {
     set_coarse_now(Clock::now());
     send_param_.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -70,6 +91,9 @@ Engine::Engine(const ManagerOptions& options) : opts_(options) {
                                UCP_OP_ATTR_FLAG_NO_IMM_CMPL | UCP_OP_ATTR_FIELD_REQUEST;
     recv_param_.cb.recv = &Engine::recv_callback;
     recv_poll_ = opts_.progress_mode == ProgressMode::BLOCKING ? 0 : opts_.recv_poll;
+    EngineList& l = engine_list();
+    std::lock_guard<std::mutex> lock(l.mutex);
+    l.engines.push_back(this);
 }
 
 // A hand-off is being decided (the watchdog is inside membarrier, microseconds): wait for
@@ -82,6 +106,11 @@ bool Engine::owner_wait_decision(ThreadCtx* c) noexcept {
 }
 
 Engine::~Engine() {
+    {
+        EngineList& l = engine_list();
+        std::lock_guard<std::mutex> lock(l.mutex);
+        std::erase(l.engines, this);
+    }
     if (epoll_fd_ >= 0) ::close(epoll_fd_);
     if (wake_fd_ >= 0) ::close(wake_fd_);
     // After the worker is gone (teardown): UCX may have held blocks until then.
@@ -942,8 +971,9 @@ void Engine::precheck(Operation* op) const noexcept {
     }
 }
 
-[[gnu::noinline]] bool Engine::start_general(Operation* op) noexcept {
+[[gnu::noinline]] bool Engine::start_general(Operation* op, CancelSlot* slot) noexcept {
     op->result = RdmaOpResult{};  // the general path writes results field by field
+    op->slot = slot;
     ThreadCtx* c = tls_ctx;
     if (c != nullptr && c->engine == this) {
         const std::uint8_t mode = c->mode.load(std::memory_order_relaxed);
@@ -973,24 +1003,25 @@ bool Engine::start_owned(Operation* op) noexcept {
     return (op->flags & kOpCompleted) == 0;
 }
 
-// The metrics sample: latency of 1 operation in 64 (a clock read costs more than the rest).
-inline std::int64_t Engine::sample_start() noexcept {
-    if ((++sample_counter_ & 63) != 0) [[likely]] return 0;
+// The metrics sample: latency of about 1 operation in 64 (a clock read costs more than the
+// rest). It counts on activity_, which every operation bumps here for the watchdog (a
+// coroutine that keeps starting operations is busy, not blocked), and every resume too.
+[[gnu::always_inline]] inline std::int64_t Engine::sample_start() noexcept {
+    const std::uint64_t a = activity_.load(std::memory_order_relaxed) + 1;
+    activity_.store(a, std::memory_order_relaxed);
+    if ((a & 63) != 0) [[likely]] return 0;
+    return sample_clock();
+}
+
+[[gnu::noinline]] std::int64_t Engine::sample_clock() noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
 }
 
-// What posting a send or receive starts with: the metrics sample and "inside the UCX
-// call" (completions during it are reported by the poster). Returns the parameters: the
-// engine's prebuilt ones for the kind (one store: user_data), or a copy with the memory
-// handle. Every store here is paid per message, and a sender's stores queue behind its
-// writes into the peer's shared-memory FIFO.
-[[gnu::always_inline]] inline const ucp_request_param_t* Engine::begin_post(Operation* op, ucp_request_param_t& base,
-                                                                            ucp_request_param_t& local) noexcept {
-    op->flags = static_cast<std::uint8_t>((op->flags & ~kOpSampled) | kOpInUcxCall);
-    if (const std::int64_t t0 = sample_start(); t0 != 0) [[unlikely]] {
-        op->sample_t0 = t0;
-        op->flags |= kOpSampled;
-    }
+// The request parameters of a send or receive: the engine's prebuilt ones for the kind (one
+// store: user_data), or a copy with the memory handle. Every store here is paid per
+// message, and a sender's stores queue behind its writes into the peer's shared-memory FIFO.
+[[gnu::always_inline]] inline const ucp_request_param_t* Engine::post_params(Operation* op, ucp_request_param_t& base,
+                                                                             ucp_request_param_t& local) noexcept {
     if (op->opts & kOptMemh) [[unlikely]] {
         local = base;
         local.user_data = op;
@@ -1004,24 +1035,33 @@ inline std::int64_t Engine::sample_start() noexcept {
 
 // Posts a send (the fast path, and post() for the rest). An eager send completes inside
 // the call (the common case for small messages): result and metrics right here, no
-// registry, and nothing else written to the operation. Otherwise send_posted(). (UCX
-// never runs a send's callback inside the posting call; kOpInUcxCall covers it anyway.)
-[[gnu::always_inline]] inline bool Engine::send_owned(Operation* op, Connection* conn) noexcept {
+// registry, and nothing else written to the operation. Otherwise send_posted(). UCX never
+// runs a send's callback inside the posting call (ucp_tag_send_nbx without
+// UCP_OP_ATTR_FLAG_NO_IMM_CMPL reports an immediate completion by its return value only),
+// so, unlike a receive, a send is not marked kOpInUcxCall: one store less per message.
+[[gnu::always_inline]] inline bool Engine::send_owned(Operation* op, Connection* conn, CancelSlot* slot) noexcept {
+    const std::int64_t t0 = sample_start();
     ucp_request_param_t local;
-    const ucp_request_param_t* p = begin_post(op, send_param_, local);
+    const ucp_request_param_t* p = post_params(op, send_param_, local);
     const ucs_status_ptr_t sp = ucp_tag_send_nbx(conn->data_ep(), op->buffer, op->size, op->tag, p);
     if (sp == nullptr) [[likely]] {  // done at once (eager), no callback follows
-        const std::int64_t t0 = op->sample();
         set_success(op->result, op->size, 0);
         op->flags = kOpCompleted;
         record_ok(send_stats_, op->size, t0);
         return false;
     }
-    return send_posted(op, conn, sp);
+    return send_posted(op, conn, sp, slot, t0);
 }
 
-[[gnu::noinline]] bool Engine::send_posted(Operation* op, Connection* conn, ucs_status_ptr_t sp) noexcept {
+[[gnu::noinline]] bool Engine::send_posted(Operation* op, Connection* conn, ucs_status_ptr_t sp,
+                                           CancelSlot* slot, std::int64_t t0) noexcept {
+    op->flags = static_cast<std::uint8_t>((op->flags & ~kOpSampled) | kOpInUcxCall);  // for after_post
+    if (t0 != 0) {
+        op->sample_t0 = t0;
+        op->flags |= kOpSampled;
+    }
     op->conn = conn;
+    op->slot = slot;
     op->request = nullptr;
     if (UCS_PTR_IS_ERR(sp)) {
         finish(op, UCS_PTR_STATUS(sp), 0, 0);
@@ -1035,10 +1075,16 @@ inline std::int64_t Engine::sample_start() noexcept {
 // Fast-path receive: posted, and tracked unless the message was already there (then the
 // callback ran inside the call). `conn` is null for a message left by a peer that is gone.
 template <bool Poll>
-[[gnu::always_inline]] inline bool Engine::recv_owned(Operation* op, Connection* conn) noexcept {
+[[gnu::always_inline]] inline bool Engine::recv_owned(Operation* op, Connection* conn, CancelSlot* slot) noexcept {
     op->conn = conn;  // recv_param_ has NO_IMM_CMPL: the callback may run inside the call
+    // "Inside the UCX call": a completion during it is reported by the poster.
+    op->flags = static_cast<std::uint8_t>((op->flags & ~kOpSampled) | kOpInUcxCall);
+    if (const std::int64_t t0 = sample_start(); t0 != 0) [[unlikely]] {
+        op->sample_t0 = t0;
+        op->flags |= kOpSampled;
+    }
     ucp_request_param_t local;
-    const ucp_request_param_t* p = begin_post(op, recv_param_, local);
+    const ucp_request_param_t* p = post_params(op, recv_param_, local);
     void* own = take_request();
     op->request = own;
     if (own != nullptr) [[likely]] {
@@ -1058,6 +1104,7 @@ template <bool Poll>
         // (Not with a deadline: it is armed only once the operation is tracked.)
         if (Poll && recv_poll_ != 0 && ready_head_ == nullptr && (op->opts & kOptTimeout) == 0 && poll_inline(op))
             return false;
+        op->slot = slot;
         track_kind<OpKind::RECV>(op);
         op->flags &= static_cast<std::uint8_t>(~kOpInUcxCall);
         if (op->opts & kOptTimeout) [[unlikely]] arm_deadline(op);
@@ -1147,10 +1194,11 @@ bool Engine::after_post(Operation* op) noexcept {
 // The fast path: a send or receive awaited by one of our coroutines on the owning thread,
 // with nothing unusual about it (arguments fine, connected, not shutting down, not
 // cancelled, no hand-off being decided). Everything else takes start_general().
-[[gnu::always_inline]] inline bool Engine::start(Operation* op) noexcept {
+[[gnu::always_inline]] inline bool Engine::start(Operation* op, CancelSlot* slot) noexcept {
     ThreadCtx* c = tls_ctx;
     if (c != nullptr && c->engine == this && op->kind <= OpKind::RECV &&
-        c->mode.load(std::memory_order_relaxed) == kUser && data_args_ok(op)) [[likely]] {
+        c->mode.load(std::memory_order_relaxed) == kUser && data_args_ok(op) &&
+        (slot == nullptr || slot->cancelled() == 0)) [[likely]] {
         // Claim the worker for the UCX call so a hand-off cannot happen in the middle of it
         // (owner_enter without its slow branch: anything unusual backs out to the general path).
         c->mode.store(kLib, std::memory_order_relaxed);
@@ -1158,21 +1206,20 @@ bool Engine::after_post(Operation* op) noexcept {
         Connection* conn = live_head_;
         if (takeover_.load(std::memory_order_acquire) == 0 && owner_.load(std::memory_order_relaxed) == c &&
             conn != nullptr && !tearing_down_ && op->cancel_request.load(std::memory_order_acquire) == 0) [[likely]] {
-            const bool pending = op->kind == OpKind::SEND ? send_owned(op, conn) : recv_owned<true>(op, conn);
-            // Activity for the watchdog: a coroutine that keeps starting operations is
-            // busy, not blocked, and is not handed off.
-            bump(activity_);
+            // (sample_start() bumps activity_ for the watchdog.)
+            const bool pending =
+                op->kind == OpKind::SEND ? send_owned(op, conn, slot) : recv_owned<true>(op, conn, slot);
             c->mode.store(kUser, std::memory_order_release);
             return pending;
         }
         c->mode.store(kUser, std::memory_order_relaxed);  // UCX untouched: back to where we were
     }
-    return start_general(op);
+    return start_general(op, slot);
 }
 
 // The entry point of every co_await of an operation (RdmaAwaitable::await_suspend): the
 // fast path is inlined here whole (one call from the coroutine, no nested prologues).
-bool start_operation(Operation* op) noexcept { return op->engine->start(op); }
+bool start_operation(Operation* op, CancelSlot* slot) noexcept { return op->engine->start(op, slot); }
 
 // Any other thread: check, then hand the op to the owner. Keep the engine alive until we
 // are done touching it (the op may complete and its coroutine finish before we return).
@@ -1246,7 +1293,7 @@ bool Engine::drain_submissions() noexcept {
     if (tearing_down_) {
         op->fail_now(RdmaResult::DISCONNECTED, kShutDown);
     } else {
-        const std::uint8_t r = op->cancel_request.load(std::memory_order_acquire);
+        const std::uint8_t r = cancel_result(op);
         op->fail_now(static_cast<RdmaResult>(r), r == static_cast<std::uint8_t>(RdmaResult::TIMEOUT)
                                                      ? "timed out before it started"
                                                      : "cancelled before it started");
@@ -1280,7 +1327,7 @@ inline void Engine::post(Operation* op) noexcept {
     op->conn = nullptr;
     op->request = nullptr;
     op->flags &= static_cast<std::uint8_t>(~kOpSampled);  // record() reads it for the ops that fail below
-    if (tearing_down_ || op->cancel_request.load(std::memory_order_acquire) != 0) [[unlikely]] {
+    if (tearing_down_ || cancel_result(op) != 0) [[unlikely]] {
         post_refused(op);
         return;
     }
@@ -1288,7 +1335,7 @@ inline void Engine::post(Operation* op) noexcept {
     switch (op->kind) {
         case OpKind::SEND:
             if (conn == nullptr) break;
-            (void)send_owned(op, conn);
+            (void)send_owned(op, conn, op->slot);
             return;
         case OpKind::RECV:
             // No live connection: a message that arrived before its peer went away still
@@ -1297,7 +1344,7 @@ inline void Engine::post(Operation* op) noexcept {
                 ucp_tag_recv_info_t info;
                 if (ucp_tag_probe_nb(worker_, op->tag, op->tag_mask, 0, &info) == nullptr) break;
             }
-            (void)recv_owned<false>(op, conn);
+            (void)recv_owned<false>(op, conn, op->slot);
             return;
         default:
             op->sample_t0 = sample_start();
@@ -1310,9 +1357,8 @@ inline void Engine::post(Operation* op) noexcept {
     record(op);
 }
 
-void Operation::request_cancel(CancelTarget* self, std::uint8_t result) noexcept {
-    if (self == nullptr) return;
-    auto* op = static_cast<Operation*>(self);
+void Operation::request_cancel(Operation* op, std::uint8_t result) noexcept {
+    if (op == nullptr) return;
     std::uint8_t expected = 0;
     op->cancel_request.compare_exchange_strong(expected, result, std::memory_order_acq_rel);
     if (op->engine != nullptr) op->engine->request_cancel_scan();
@@ -1326,7 +1372,7 @@ void Engine::request_cancel_scan() noexcept {
 void Engine::process_cancels() noexcept {
     for (Operation* op = tracked_head_; op != nullptr;) {
         Operation* next = op->reg_next;
-        const std::uint8_t r = op->cancel_request.load(std::memory_order_acquire);
+        const std::uint8_t r = cancel_result(op);
         if (r != 0 && (op->flags & kOpCancelling) == 0) cancel_pending(op, static_cast<RdmaResult>(r), "cancelled");
         op = next;
     }
@@ -1465,7 +1511,7 @@ void Engine::inspect(Operation* op) noexcept {
             e.size = o->size;
             e.peer = o->conn != nullptr ? o->conn->peer : std::string("-");
             e.age_ms = now_ms - o->posted_at_ms;
-            e.cancel_requested = o->cancel_request.load(std::memory_order_relaxed) != 0;
+            e.cancel_requested = cancel_result(o) != 0;
             out->push_back(std::move(e));
         }
         op->result.result = RdmaResult::SUCCESS;

@@ -86,7 +86,7 @@ public:
     /// Starts `op` (its waiter is set). Returns true if the caller must suspend (the op
     /// completes later on the progress thread), false if it already completed. Defined
     /// inline in engine.cpp, where start_operation() is its only caller.
-    bool start(Operation* op) noexcept;
+    bool start(Operation* op, CancelSlot* slot) noexcept;
     /// Pre-start check: fails `op` at once if the manager cannot run it at all.
     void precheck(Operation* op) const noexcept;
     /// The cheap part of precheck() for a send or receive on the owning thread: true if
@@ -220,15 +220,18 @@ private:
     bool run_timers() noexcept;
 
     // operations (the hot ones are inline in engine.cpp)
-    bool start_general(Operation* op) noexcept;
+    bool start_general(Operation* op, CancelSlot* slot) noexcept;
     bool start_owned(Operation* op) noexcept;
     bool submit(Operation* op) noexcept;
     std::int64_t sample_start() noexcept;
-    const ucp_request_param_t* begin_post(Operation* op, ucp_request_param_t& base,
-                                          ucp_request_param_t& local) noexcept;
-    bool send_owned(Operation* op, Connection* conn) noexcept;
-    bool send_posted(Operation* op, Connection* conn, ucs_status_ptr_t sp) noexcept;
-    template <bool Poll> bool recv_owned(Operation* op, Connection* conn) noexcept;  // Poll: poll_inline
+    static std::int64_t sample_clock() noexcept;
+    const ucp_request_param_t* post_params(Operation* op, ucp_request_param_t& base,
+                                           ucp_request_param_t& local) noexcept;
+    bool send_owned(Operation* op, Connection* conn, CancelSlot* slot) noexcept;
+    bool send_posted(Operation* op, Connection* conn, ucs_status_ptr_t sp, CancelSlot* slot,
+                     std::int64_t t0) noexcept;
+    template <bool Poll>  // Poll: poll_inline
+    bool recv_owned(Operation* op, Connection* conn, CancelSlot* slot) noexcept;
     bool recv_posted(Operation* op, ucs_status_ptr_t sp) noexcept;
     bool poll_inline(Operation* op) noexcept;
     bool loop_has_work() const noexcept;
@@ -284,8 +287,7 @@ private:
     std::atomic<std::uint64_t> eps_created_{0};  // ucp_ep_create successes (owner only)
     std::atomic<std::uint64_t> eps_closed_{0};   // ucp_ep_close_nbx calls (owner only)
     std::atomic<std::uint64_t> recvs_polled_{0};  // completed in poll_inline (owner only)
-    std::uint32_t sample_counter_ = 0;
-    // Parameters of every send / receive, built once; begin_post() sets user_data.
+    // Parameters of every send / receive, built once; post_params() sets user_data.
     ucp_request_param_t send_param_{};
     ucp_request_param_t recv_param_{};
     // Request memory for receives (UCP_OP_ATTR_FIELD_REQUEST): blocks of ucx_request_size_
@@ -373,6 +375,14 @@ private:
 
 /// The engine thread context of the calling thread, or nullptr.
 ThreadCtx* current_thread_ctx() noexcept;
+
+/// The result a pending or starting operation was cancelled with (0 = not cancelled): by a
+/// stop_token (its own cancel_request) or through its task's slot.
+inline std::uint8_t cancel_result(const Operation* op) noexcept {
+    const std::uint8_t r = op->cancel_request.load(std::memory_order_acquire);
+    if (r != 0 || op->slot == nullptr) return r;
+    return op->slot->cancelled();
+}
 
 // ---- hot-path helpers, inline (every operation goes through them) ----------------------
 

@@ -112,7 +112,7 @@ bool CoroutineRdmaManager::initialize(bool server_mode, std::uint16_t port) {
 void CoroutineRdmaManager::shutdown() { engine_->shutdown(); }
 
 RdmaAwaitable CoroutineRdmaManager::connect(const std::string& remote_addr, std::uint16_t remote_port) {
-    RdmaAwaitable a = make_op(detail::OpKind::CONNECT, nullptr, 0, 0, 0);
+    RdmaAwaitable a = make_op(detail::OpKind::CONNECT, nullptr, 0, 0);
     std::unique_ptr<char[]>& host = a.extras().host;
     host = std::make_unique<char[]>(remote_addr.size() + 1);
     std::memcpy(host.get(), remote_addr.c_str(), remote_addr.size() + 1);
@@ -122,12 +122,12 @@ RdmaAwaitable CoroutineRdmaManager::connect(const std::string& remote_addr, std:
 }
 
 RdmaAwaitable CoroutineRdmaManager::listen(std::uint16_t port) {
-    RdmaAwaitable a = make_op(detail::OpKind::LISTEN, nullptr, 0, 0, 0);
+    RdmaAwaitable a = make_op(detail::OpKind::LISTEN, nullptr, 0, 0);
     a.op_.port = port;
     return a;
 }
 
-RdmaAwaitable CoroutineRdmaManager::disconnect() { return make_op(detail::OpKind::DISCONNECT, nullptr, 0, 0, 0); }
+RdmaAwaitable CoroutineRdmaManager::disconnect() { return make_op(detail::OpKind::DISCONNECT, nullptr, 0, 0); }
 
 StateChangeAwaitable CoroutineRdmaManager::wait_for_state(RdmaState target_state) {
     return StateChangeAwaitable(engine_.get(), target_state);
@@ -153,7 +153,7 @@ MetricsSnapshot CoroutineRdmaManager::metrics() const noexcept { return engine_-
 std::vector<InFlightOp> CoroutineRdmaManager::in_flight() {
     std::vector<InFlightOp> out;
     if (!engine_->is_running()) return out;
-    RdmaAwaitable a = make_op(detail::OpKind::INSPECT, &out, 0, 0, 0);
+    RdmaAwaitable a = make_op(detail::OpKind::INSPECT, &out, 0, 0);
     (void)sync_wait(std::move(a));
     return out;
 }

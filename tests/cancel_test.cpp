@@ -6,10 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <stop_token>
 #include <thread>
+#include <utility>
 #include <vector>
 
 using namespace btsp;
@@ -184,6 +186,84 @@ TEST(Cancel, RequestCancelOnTaskEndsItsPendingOperation) {
     auto r = await_within(std::move(t), 3s);
     ASSERT_TRUE(r.has_value());
     EXPECT_EQ(r->result, RdmaResult::CANCELLED);
+}
+
+// Receives tag 30, then holds the progress thread until `go`, then receives tag 31 (whose
+// message is already there): the second receive starts on the fast path after the task
+// was cancelled.
+RdmaTask<std::pair<RdmaOpResult, RdmaOpResult>> recv_then_hold(CoroutineRdmaManager& m, char* buf,
+                                                               std::atomic<bool>* reached,
+                                                               std::atomic<bool>* go) {
+    const RdmaOpResult first = co_await m.tag_recv(buf, 8, 30);
+    reached->store(true);
+    const auto until = Clock::now() + 5s;
+    while (!go->load() && Clock::now() < until) std::this_thread::yield();
+    const RdmaOpResult second = co_await m.tag_recv(buf, 8, 31);
+    co_return std::make_pair(first, second);
+}
+
+// A task that alternates between receives that complete at once and pending ones.
+RdmaTask<RdmaOpResult> recv_until_failure(CoroutineRdmaManager& m, char* buf, std::uint64_t tag,
+                                          std::uint64_t* received) {
+    RdmaOpResult r;
+    for (std::uint64_t i = 0; i < 50'000'000; ++i) {
+        r = co_await m.tag_recv(buf, 8, tag);
+        if (!r) break;
+        ++*received;
+    }
+    co_return r;
+}
+
+// Cancellation is sticky: an operation the task starts afterwards ends at once with the
+// task's result, even one that could complete at once (its message is already there).
+TEST(Cancel, OperationStartedAfterTaskCancelEndsAtOnce) {
+    Pair p;
+    ASSERT_TRUE(p.connect());
+    const char msg[8] = {};
+    ASSERT_TRUE(await_within(p.server->tag_send(msg, sizeof msg, 31), 5s).value_or(RdmaOpResult{}).success());
+    char buf[8];
+    std::atomic<bool> reached{false}, go{false};
+    auto t = recv_then_hold(*p.client, buf, &reached, &go);
+    ASSERT_TRUE(await_within(p.server->tag_send(msg, sizeof msg, 30), 5s).value_or(RdmaOpResult{}).success());
+    ASSERT_TRUE(wait_until([&] { return reached.load(); }, 5000ms));
+    EXPECT_TRUE(t.request_cancel(RdmaResult::TIMEOUT));
+    EXPECT_FALSE(t.request_cancel()) << "the first request decides the result";
+    go = true;
+    auto r = await_within(std::move(t), 5s);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->first.result, RdmaResult::SUCCESS);
+    EXPECT_EQ(r->second.result, RdmaResult::TIMEOUT) << r->second;
+    EXPECT_TRUE(p.client->is_connected());
+}
+
+TEST(Cancel, RequestCancelRacingReceivesEndsTheTask) {
+    Pair p;
+    ASSERT_TRUE(p.connect());
+    // The server keeps sending tag 22 while the client's task receives, so its receives are
+    // sometimes pending and sometimes complete at once when the cancellation arrives.
+    std::atomic<bool> stop{false};
+    std::thread feeder([&] {
+        const char msg[8] = {};
+        for (int i = 0; i < 2'000'000 && !stop.load(); ++i) {
+            if (!sync_wait(p.server->tag_send(msg, sizeof msg, 22))) break;
+            if (i % 64 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+    });
+    for (int round = 0; round < 20; ++round) {
+        char buf[8];
+        std::uint64_t received = 0;
+        auto t = recv_until_failure(*p.client, buf, 22, &received);
+        std::this_thread::sleep_for(std::chrono::microseconds(300 * (round % 7)));
+        t.request_cancel();
+        auto r = await_within(std::move(t), 5s);
+        ASSERT_TRUE(r.has_value()) << "round " << round << ": the task did not end";
+        EXPECT_EQ(r->result, RdmaResult::CANCELLED) << "round " << round << ", " << received << " received";
+    }
+    stop = true;
+    feeder.join();
+    EXPECT_TRUE(p.client->is_connected());
+    const MetricsSnapshot m = p.client->metrics();
+    EXPECT_EQ(m.in_flight_recvs, 0u) << "a cancelled receive stayed registered";
 }
 
 TEST(Disconnect, ClientDisconnectEndsPendingOpsAndAllowsReconnect) {

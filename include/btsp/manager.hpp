@@ -63,18 +63,20 @@ public:
     [[gnu::always_inline]] bool await_ready() const noexcept { return (op_.flags & detail::kOpCompleted) != 0; }
     /// Starts the operation; false (do not suspend) if it completed at once.
     [[gnu::always_inline]] bool await_suspend(std::coroutine_handle<> awaiting) noexcept {
+        return await_suspend(awaiting, nullptr);
+    }
+    /// As above, inside an RdmaTask (which passes its cancellation slot: cancelling the task
+    /// ends the operation, see RdmaTask::request_cancel).
+    [[gnu::always_inline]] bool await_suspend(std::coroutine_handle<> awaiting, detail::CancelSlot* slot) noexcept {
         op_.waiter = awaiting;
         // Registered before the operation starts (a stop already requested runs it at once).
         if (op_.opts & detail::kOptExtras) [[unlikely]] arm_stop_callback();
-        return detail::start_operation(&op_);
+        return detail::start_operation(&op_, slot);
     }
     [[gnu::always_inline]] RdmaOpResult await_resume() noexcept {
         if (op_.opts & detail::kOptExtras) [[unlikely]] disarm_stop_callback();
         return op_.result;
     }
-
-    /// Used by RdmaTask to cancel what it awaits (with_timeout, RdmaTask::request_cancel).
-    detail::CancelTarget* cancel_target() noexcept { return &op_; }
 
 private:
     friend class CoroutineRdmaManager;
@@ -85,8 +87,11 @@ private:
         }
     };
     RdmaAwaitable(detail::Engine* engine, detail::OpKind kind, const void* data, std::size_t size,
-                  std::uint64_t tag, std::uint64_t mask) noexcept
-        : op_(engine, kind, data, size, tag, mask) {}
+                  std::uint64_t tag) noexcept
+        : op_(engine, kind, data, size, tag) {}
+    RdmaAwaitable(detail::Engine* engine, const void* data, std::size_t size, std::uint64_t tag,
+                  std::uint64_t mask) noexcept
+        : op_(engine, data, size, tag, mask) {}
     // What few operations need, built on demand (kOptExtras in op_.opts) in storage after
     // op_: a plain send or receive never reads or writes these bytes (see Operation).
     struct Extras {
@@ -246,9 +251,11 @@ public:
     [[nodiscard]] ucp_ep_h ucx_endpoint() const noexcept;
 
 private:
-    RdmaAwaitable make_op(detail::OpKind kind, const void* data, std::size_t size,
-                          std::uint64_t tag, std::uint64_t mask) const noexcept {
-        return RdmaAwaitable(engine_.get(), kind, data, size, tag, mask);
+    RdmaAwaitable make_op(detail::OpKind kind, const void* data, std::size_t size, std::uint64_t tag) const noexcept {
+        return RdmaAwaitable(engine_.get(), kind, data, size, tag);
+    }
+    RdmaAwaitable make_recv(void* data, std::size_t size, std::uint64_t tag, std::uint64_t mask) const noexcept {
+        return RdmaAwaitable(engine_.get(), data, size, tag, mask);
     }
 
     ManagerOptions options_;
@@ -258,14 +265,14 @@ private:
 // The data operations are built inline (they run once per message); the checks happen
 // when the operation starts (Engine::start), on whichever thread awaits it.
 inline RdmaAwaitable CoroutineRdmaManager::tag_send(const void* data, std::size_t size, std::uint64_t tag) {
-    return make_op(detail::OpKind::SEND, data, size, tag, ~std::uint64_t{0});
+    return make_op(detail::OpKind::SEND, data, size, tag);
 }
 inline RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::uint64_t tag) {
-    return make_op(detail::OpKind::RECV, data, size, tag, ~std::uint64_t{0});
+    return make_recv(data, size, tag, ~std::uint64_t{0});
 }
 inline RdmaAwaitable CoroutineRdmaManager::tag_recv(void* data, std::size_t size, std::uint64_t tag,
                                                     std::uint64_t tag_mask) {
-    return make_op(detail::OpKind::RECV, data, size, tag, tag_mask);
+    return make_recv(data, size, tag, tag_mask);
 }
 
 }  // namespace btsp

@@ -5,6 +5,7 @@
 #include <btsp/types.hpp>
 
 #include <atomic>
+#include <concepts>
 #include <condition_variable>
 #include <coroutine>
 #include <cstdint>
@@ -32,10 +33,17 @@ enum TaskState : std::uint8_t {
     kTaskDetached = 3,  // the task object is gone; the frame frees itself when it ends
 };
 
-// Awaitables that can be cancelled expose `detail::CancelTarget* cancel_target()`.
+// Awaitables that can be cancelled expose `detail::CancelTarget* cancel_target()` (tasks:
+// the canceller pokes what they await through the slot's current target).
 template <typename A>
 concept Cancellable = requires(A& a) {
     { a.cancel_target() } -> std::convertible_to<CancelTarget*>;
+};
+// Awaitables that take the awaiting task's slot when they start (manager operations): the
+// engine that runs them checks the slot itself, so nothing is attached per co_await.
+template <typename A>
+concept SlotAware = requires(std::remove_reference_t<A>& a, std::coroutine_handle<> h, CancelSlot* s) {
+    { a.await_suspend(h, s) } -> std::same_as<bool>;
 };
 
 template <typename A>
@@ -95,6 +103,25 @@ private:
     };
 };
 
+// What an RdmaTask co_awaits for a SlotAware operand: a reference to it, and its task's
+// slot handed over when it starts (taken from the handle, so nothing else is stored).
+template <typename A>
+class OpAwait {
+public:
+    [[gnu::always_inline]] explicit OpAwait(A&& a) noexcept : a_(std::forward<A>(a)) {}
+    OpAwait(const OpAwait&) = delete;
+    OpAwait& operator=(const OpAwait&) = delete;
+    [[gnu::always_inline]] bool await_ready() { return a_.await_ready(); }
+    template <typename P>
+    [[gnu::always_inline]] bool await_suspend(std::coroutine_handle<P> h) {
+        return a_.await_suspend(h, &h.promise().cancel_slot());
+    }
+    [[gnu::always_inline]] decltype(auto) await_resume() { return a_.await_resume(); }
+
+private:
+    A&& a_;
+};
+
 class TaskPromiseBase : public CancelTarget {
 public:
     TaskPromiseBase() noexcept {
@@ -104,11 +131,12 @@ public:
     }
     std::suspend_never initial_suspend() noexcept { return {}; }  // eager, as the spec expects
 
-    // Cancellable awaitables (manager operations, other tasks) are tracked so the task can
-    // be cancelled from outside (RdmaTask::request_cancel, with_timeout).
+    // The task can be cancelled from outside (RdmaTask::request_cancel, with_timeout):
+    // manager operations get the slot when they start; awaited tasks are attached to it.
     template <typename A>
-    AwaitRef<A> await_transform(A&& a) noexcept {
-        return AwaitRef<A>(std::forward<A>(a), &slot_);
+    auto await_transform(A&& a) noexcept {
+        if constexpr (SlotAware<A>) return OpAwait<A>(std::forward<A>(a));
+        else return AwaitRef<A>(std::forward<A>(a), &slot_);
     }
 
     CancelSlot& cancel_slot() noexcept { return slot_; }
@@ -265,8 +293,8 @@ public:
 
     /// Asks the task to stop: the operation it is awaiting now (however deep, through
     /// awaited sub-tasks) completes with `result` (CANCELLED or TIMEOUT), and so does every
-    /// operation it awaits afterwards. Thread-safe; returns false if the task awaited
-    /// nothing cancellable at that instant (it is still marked cancelled).
+    /// operation it awaits afterwards. Thread-safe; returns false if the task was empty or
+    /// had finished, or an earlier request had already cancelled it.
     bool request_cancel(RdmaResult result = RdmaResult::CANCELLED) noexcept {
         if (!handle_ || done()) return false;
         return handle_.promise().cancel_slot().cancel(static_cast<std::uint8_t>(result));

@@ -27,13 +27,15 @@ public:
     explicit TimeoutAwaitable(RdmaAwaitable&& op) noexcept : op_(std::move(op)) {}
     bool await_ready() const noexcept { return op_.await_ready(); }
     bool await_suspend(std::coroutine_handle<> h) noexcept { return op_.await_suspend(h); }
+    bool await_suspend(std::coroutine_handle<> h, detail::CancelSlot* slot) noexcept {
+        return op_.await_suspend(h, slot);
+    }
     RdmaOpResult await_resume() {
         RdmaOpResult r = op_.await_resume();
         if (r.result == RdmaResult::TIMEOUT)
             throw TimeoutError("btsp::with_timeout: operation timed out (" + std::string(r.reason()) + ")");
         return r;
     }
-    detail::CancelTarget* cancel_target() noexcept { return op_.cancel_target(); }
 
 private:
     RdmaAwaitable op_;

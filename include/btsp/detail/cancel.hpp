@@ -34,14 +34,20 @@ void light_fence_slow() noexcept;
     std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 void heavy_fence() noexcept;
+/// Asks every live engine to look for pending operations whose task was cancelled
+/// (engine.cpp; CancelSlot::cancel calls it).
+void request_cancel_scan_all() noexcept;
 
-/// What a task is awaiting right now, so that another thread can cancel it. The awaiting
-/// side attaches/detaches around each co_await with plain stores and a light fence (no
-/// locked instruction: this runs on every operation); a canceller announces itself in
-/// busy_, runs the heavy fence and then pokes the target, so the awaiting side either
-/// sees the canceller (and waits for it before its target can vanish) or the canceller
-/// sees the target gone. Cancellation is sticky: everything the task awaits afterwards is
-/// cancelled at once.
+/// Whether a task was cancelled, and which awaited sub-task to pass that on to. Cancellation
+/// is sticky: everything the task awaits afterwards is cancelled at once.
+/// - Manager operations are not attached: each gets the slot when it starts (the fast path
+///   reads `sticky_` once), a pending one keeps a pointer to it, and cancel() asks every
+///   engine to scan its pending operations for cancelled slots. The canceller never touches
+///   an operation, so nothing is written per operation for it.
+/// - Other cancellable awaitables (awaited tasks) are attached around their co_await with
+///   plain stores and a light fence; a canceller announces itself in busy_, runs the heavy
+///   fence and then pokes the target, so the awaiting side either sees the canceller (and
+///   waits for it before its target can vanish) or the canceller sees the target gone.
 class CancelSlot {
 public:
     [[gnu::always_inline]] void attach(CancelTarget* t) noexcept {
@@ -56,8 +62,9 @@ public:
         light_fence();
         if (busy_.load(std::memory_order_acquire) != 0) [[unlikely]] wait_idle();
     }
-    /// Cancels the current target (if any) and everything awaited later. Returns false if
-    /// nothing was attached at that instant (callers that must not miss may retry).
+    /// Cancels what the task awaits now (the attached target, the pending operations that
+    /// hold this slot) and everything awaited later. Returns true if this call cancelled
+    /// it, false if it had been cancelled before.
     bool cancel(std::uint8_t result) noexcept;
     [[nodiscard]] std::uint8_t cancelled() const noexcept { return sticky_.load(std::memory_order_acquire); }
 

@@ -76,13 +76,14 @@ enum OpOptions : std::uint8_t {
 /// fields a send or receive touches come first (152 bytes, three cache lines); what only
 /// timeouts, cancellation, connects and cross-thread submission use comes after them and
 /// is never loaded on the common path.
-struct Operation : ReadyNode, CancelTarget {
-    Operation() noexcept { cancel = &Operation::request_cancel; }
-    Operation(Engine* e, OpKind k, const void* data, std::size_t n, std::uint64_t t,
-              std::uint64_t mask) noexcept
-        : engine(e), kind(k), buffer(data), size(n), tag(t), tag_mask(mask) {
-        cancel = &Operation::request_cancel;
-    }
+struct Operation : ReadyNode {
+    Operation() noexcept {}
+    /// A send, connect, listen, ...: no tag mask (only receives read it).
+    Operation(Engine* e, OpKind k, const void* data, std::size_t n, std::uint64_t t) noexcept
+        : engine(e), kind(k), buffer(data), size(n), tag(t) {}
+    /// A receive.
+    Operation(Engine* e, const void* data, std::size_t n, std::uint64_t t, std::uint64_t mask) noexcept
+        : engine(e), kind(OpKind::RECV), buffer(data), size(n), tag(t), tag_mask(mask) {}
     Operation(const Operation&) = delete;
     Operation& operator=(const Operation&) = delete;
     /// Copies what describes the operation (an operation is moved only before it starts,
@@ -92,17 +93,19 @@ struct Operation : ReadyNode, CancelTarget {
         buffer = o.buffer;
         size = o.size;
         tag = o.tag;
-        tag_mask = o.tag_mask;
         kind = o.kind;
         flags = o.flags;
         opts = o.opts;
-        port = o.port;
+        if (kind == OpKind::RECV) tag_mask = o.tag_mask;
+        if (kind == OpKind::CONNECT || kind == OpKind::LISTEN) port = o.port;
         if (opts & kOptTimeout) set_timeout(o.timeout);
         if (opts & kOptMemh) memh = o.memh;
         cancel_request.store(o.cancel_request.load(std::memory_order_relaxed), std::memory_order_relaxed);
     }
-    /// CancelTarget: asks the engine (from any thread) to end this operation with `result`.
-    static void request_cancel(CancelTarget* self, std::uint8_t result) noexcept;
+    /// Asks the engine (from any thread) to end this operation with `result` (a stop_token's
+    /// callback). A task's cancellation does not come through here: the engine finds the
+    /// operations of a cancelled task through `slot` (CancelSlot::cancel).
+    static void request_cancel(Operation* op, std::uint8_t result) noexcept;
 
     // ---- hot: every send and receive ----
     // Line 0 (with the two bases): everything a completion callback reads.
@@ -110,11 +113,13 @@ struct Operation : ReadyNode, CancelTarget {
     Operation* reg_prev;                     // engine registry of in-flight operations (track)
     Operation* reg_next;
     Connection* conn;                        // connection it was posted on (post)
+    // The awaiting task's cancellation slot (nullptr outside an RdmaTask): set once the
+    // operation is pending (or takes the general path), read by the engine's cancel scan.
+    CancelSlot* slot;
     OpKind kind = OpKind::SEND;
     std::uint8_t flags = 0;                  // OpFlags
     std::uint8_t opts = 0;                   // OpOptions
     std::atomic<std::uint8_t> cancel_request{0};  // RdmaResult asked for by another thread
-    std::uint16_t port = 0;                  // connect / listen
     // Lines 1-2: what the completion writes and the awaiter reads, and the arguments.
     void* request;                           // pending UCX request (set before kOpTracked)
     // Written whole when the operation ends (set_success, finish, or the general path's
@@ -126,13 +131,14 @@ struct Operation : ReadyNode, CancelTarget {
     const void* buffer = nullptr;
     std::size_t size = 0;
     std::uint64_t tag = 0;
-    std::uint64_t tag_mask = ~std::uint64_t{0};
+    std::uint64_t tag_mask;                  // receives only (set when built)
 
     // ---- cold: read only when a flag above says so, or off the data path ----
     std::int64_t sample_t0;                  // metrics: start time (ns), valid with kOpSampled
     std::chrono::nanoseconds timeout;        // per-operation deadline, with kOptTimeout
     void* memh;                              // ucp_mem_h of pre-registered memory, with kOptMemh
     const char* host;                        // connect: the host name (set by connect())
+    std::uint16_t port;                      // connect / listen (set by connect(), listen())
     RdmaResult cancel_result;                // set with kOpCancelling: reported if UCX cancels it
     const char* cancel_detail;               // set with kOpCancelling
     Operation* next_submit;                  // cross-thread submission queue (submit)
@@ -166,6 +172,8 @@ struct Operation : ReadyNode, CancelTarget {
 /// Starts `op` (its waiter is set) on its engine, from any thread. Returns true if the
 /// caller must suspend (the operation completes later on the progress thread), false if
 /// it already completed (failed checks included).
-bool start_operation(Operation* op) noexcept;
+/// `slot` is the awaiting RdmaTask's cancellation slot, or nullptr: an operation of a task
+/// that is (or gets) cancelled ends with the slot's result.
+bool start_operation(Operation* op, CancelSlot* slot) noexcept;
 
 }  // namespace btsp::detail
