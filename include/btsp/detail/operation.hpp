@@ -108,7 +108,7 @@ struct Operation : ReadyNode {
     static void request_cancel(Operation* op, std::uint8_t result) noexcept;
 
     // ---- hot: every send and receive ----
-    // Line 0 (with the two bases): everything a completion callback reads.
+    // Line 0 (with the ReadyNode base): everything a completion callback reads.
     Engine* engine = nullptr;                // set when the awaiter is built
     Operation* reg_prev;                     // engine registry of in-flight operations (track)
     Operation* reg_next;
