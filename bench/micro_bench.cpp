@@ -132,8 +132,9 @@ void BM_AwaitableCoAwaitUninit(benchmark::State& state) {
 }
 BENCHMARK(BM_AwaitableCoAwaitUninit);
 
-// What every co_await inside an RdmaTask pays so that the task can be cancelled from
-// another thread: attach the awaited operation to the task's CancelSlot, detach it after.
+// What a co_await of a sub-task inside an RdmaTask pays so that the task can be cancelled
+// from another thread: attach the awaited task to the parent's CancelSlot, detach it
+// after. (Manager operations no longer attach: they take the slot when they start.)
 void BM_CancelSlotAttachDetach(benchmark::State& state) {
     btsp::detail::CancelSlot slot;
     btsp::detail::CancelTarget target;
