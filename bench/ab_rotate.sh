@@ -5,7 +5,7 @@
 # per-round ratio against the first binary and how many rounds it was better in, over all
 # rounds and split by regime, and each binary's best quartile of runs (the fast mode).
 #
-# Usage: bench/ab_rotate.sh [-t rate|lat] [-r ROUNDS] [-n N] [-q THRESHOLD] BASELINE OTHER...
+# Usage: bench/ab_rotate.sh [-t rate|lat] [-r ROUNDS] [-n N] [-q THRESHOLD] [-c] BASELINE OTHER...
 #   -t rate  8 B stream, 64 in flight, 500 000 messages, M msg/s (higher is better; default)
 #   -t lat   8 B ping-pong, 20 000 round trips, p50 half round trip in us (lower is better)
 #   -n       messages (rate) or round trips (lat) per run. Short runs (-n 300000 / 5000)
@@ -13,6 +13,8 @@
 #            changes inside a round
 #   -q       raw result that separates quiet from busy rounds (default 14 M msg/s for rate,
 #            0.3 us for lat)
+#   -c       control: also run a copy of BASELINE (same options) as the last binary, so the
+#            same rounds show how far two identical binaries differ (an A/A pair)
 # Example: build the change into another build dir, then
 #   bench/ab_rotate.sh -r 60 build-perf-base/bin/btsp-perf build-perf/bin/btsp-perf
 # or, to compare two settings of one binary (options in the same word):
@@ -23,9 +25,10 @@
 # percent need ~150 rounds and a second set (docs/performance.md, "The floor of this design").
 set -euo pipefail
 
-test=rate rounds=40 threshold= iters=
-while getopts "t:r:n:q:" o; do
+test=rate rounds=40 threshold= iters= control=0
+while getopts "t:r:n:q:c" o; do
     case $o in
+        c) control=1 ;;
         t) test=$OPTARG ;;
         r) rounds=$OPTARG ;;
         n) iters=$OPTARG ;;
@@ -50,6 +53,13 @@ for spec in "$@"; do
     [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }
     bins+=("$(cd "$(dirname "$b")" && pwd)/$(basename "$b")${words[1]:+ ${words[*]:1}}")
 done
+tmpdir=$(mktemp -d)
+trap 'rm -rf "$tmpdir"' EXIT
+if [ "$control" = 1 ]; then
+    read -ra words <<<"${bins[0]}"
+    cp "${words[0]}" "$tmpdir/control-copy"
+    bins+=("$tmpdir/control-copy${words[1]:+ ${words[*]:1}}")
+fi
 n=${#bins[@]}
 
 # One measurement: prints the number, or nothing if the run failed.
@@ -64,8 +74,8 @@ measure() {
     fi
 }
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+log=$tmpdir/log
+: >"$log"
 for ((round = 1; round <= rounds; round++)); do
     declare -a res=()
     for ((k = 0; k < n; k++)); do
