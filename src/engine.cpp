@@ -1422,8 +1422,11 @@ inline void Engine::finish(Operation* op, ucs_status_t status, std::size_t lengt
     } else if (op->flags & kOpCancelling) {
         r.result = op->cancel_result;
         r.detail = op->cancel_detail;
-    } else if (op->conn != nullptr && op->conn->phase != ConnPhase::OPEN &&
-               (status == UCS_ERR_CANCELED || is_connection_loss(status))) {
+    } else if (status == UCS_ERR_CANCELED ||
+               (op->conn != nullptr && op->conn->phase != ConnPhase::OPEN && is_connection_loss(status))) {
+        // A cancel nobody asked for (ours set kOpCancelling): UCX ended the request because
+        // an endpoint went away, e.g. a receive matched the rendezvous request of a peer
+        // that died before the data moved.
         r.result = RdmaResult::DISCONNECTED;
     } else {
         r.result = map_status(status);

@@ -304,3 +304,30 @@ TEST(FaultKilledPeer, ClientOpsEndWithinOneSecondAndReconnectWorks) {
 }
 
 }  // namespace
+
+namespace {
+// A rendezvous message whose sender dies before the data moved, left in UCX's unexpected
+// queue; a receive posted afterwards matches it and must end DISCONNECTED at once (UCX
+// cancels it; nobody asked to, so it is not CANCELLED).
+TEST(FaultKilledPeer, ReceiveMatchingAStaleRendezvousFromAKilledPeerDoesNotHang) {
+    constexpr std::size_t kSize = 4u << 20;
+    auto m = std::make_unique<CoroutineRdmaManager>(test_options());
+    ASSERT_TRUE(m->initialize(true, 0)) << m->last_error();
+    auto child = spawn_peer({"blast", "127.0.0.1", std::to_string(m->listening_port()), std::to_string(kSize)});
+    ASSERT_TRUE(child->started()) << child->error();
+    ASSERT_TRUE(wait_until([&] { return m->connection_count() >= 1; }, 10s)) << "the peer did not connect";
+    ASSERT_TRUE(child->expect_line("SENDING", 10s).has_value());
+    std::this_thread::sleep_for(200ms);  // the rendezvous request reaches us; no receive is posted
+    child.reset();                        // SIGKILL + waitpid
+    ASSERT_TRUE(wait_until([&] { return m->connection_count() == 0; }, 5s)) << "the death went unnoticed";
+    std::vector<std::uint8_t> buf(kSize);
+    const auto t0 = Clock::now();
+    const auto r = await_within(m->tag_recv(buf.data(), buf.size(), kRequestTag).timeout(3s), 10s);
+    ASSERT_TRUE(r.has_value());
+    std::printf("[ stale ] receive after the sender's death: %s after %.1f ms\n",
+                std::string(btsp::to_string(r->result)).c_str(), ms_since(t0));
+    EXPECT_EQ(r->result, RdmaResult::DISCONNECTED) << *r;
+    EXPECT_LT(ms_since(t0), 1000.0) << "the receive matched the dead peer's message and waited";
+    EXPECT_EQ(std::count(buf.begin(), buf.end(), 0xA5), 0) << "the dead peer's data reached the buffer";
+}
+}  // namespace
