@@ -9,6 +9,9 @@
 //       sent back with upper 32 bits 2 (same low bits). One manager per slot, because a
 //       server's tag_send always goes to its oldest connection: each client gets its own
 //       manager. Prints "SERVED <slot> <echoed> <live connections> <open UCX endpoints>" every 200 ms.
+//       On SIGUSR1 it prints, for each slot, "DUMP <slot> state=<S> conns=<n> lanes=<phases>"
+//       (each lane's phase: W waiting for a connection, R receiving, S sending, X ended)
+//       followed by one "DUMP <slot> op <line>" per operation in flight, then "DUMP END".
 //   hold-server        listen, print "PORT <p>", "CONNECTED" once a client is there, then
 //                      never receive.
 //   hold HOST PORT     connect, print "CONNECTED", never receive.
@@ -27,7 +30,8 @@
 //   soak HOST PORT ID SECONDS SEED
 //       4 lanes, each exchanging random-size (1 B .. 256 KiB) checksummed messages on its
 //       own tags for SECONDS; prints "PROGRESS ok=<n> ..." every 250 ms, "BAD <text>" on any
-//       corrupted / duplicated / misrouted echo, "FINAL ..." at the end; exit 0.
+//       corrupted / duplicated / misrouted echo, "FINAL ..." at the end; exit 0. After a
+//       lost echo it also prints its manager's state and operations in flight ("INFO ...").
 //
 // Every mode exits by itself after 180 s (alarm; BTSP_PEER_LIFETIME_S overrides), so a
 // leaked peer cannot linger.
@@ -35,11 +39,13 @@
 
 #include <btsp/btsp.hpp>
 
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -67,6 +73,15 @@ void say(const std::string& line) {
     std::fputs(line.c_str(), stdout);
     std::fputc('\n', stdout);
     std::fflush(stdout);
+}
+
+// One line per line of `text`, each with `prefix`.
+void say_lines(const std::string& prefix, const std::string& text) {
+    for (std::size_t p = 0; p < text.size();) {
+        const std::size_t nl = std::min(text.find('\n', p), text.size());
+        if (nl > p) say(prefix + text.substr(p, nl - p));
+        p = nl + 1;
+    }
 }
 
 std::uint64_t mono_ns() {
@@ -108,19 +123,25 @@ ServerArgs parse_server(int argc, char** argv, int from) {
 constexpr std::size_t kCapacity = (256u << 10) + sizeof(SoakHeader) + 64;
 constexpr std::size_t kStreamCapacity = 8u << 20;
 
+// What an echo lane is doing now, for the SIGUSR1 dump.
+enum LanePhase : char { kLaneWaiting = 'W', kLaneReceiving = 'R', kLaneSending = 'S', kLaneEnded = 'X' };
+
 RdmaTask<void> echo_lane(CoroutineRdmaManager& m, std::atomic<std::uint64_t>& served, bool report_failure,
-                         std::size_t capacity) {
+                         std::size_t capacity, std::atomic<char>& phase) {
     std::vector<std::uint8_t> buf(capacity);
     for (;;) {
+        phase.store(kLaneWaiting);
         const bool connected = co_await m.wait_for_connection();  // not in a condition: g++ 12
-        if (!connected) co_return;
+        if (!connected) break;
         for (;;) {
+            phase.store(kLaneReceiving);
             const RdmaOpResult r = co_await m.tag_recv(buf.data(), buf.size(), kRequestTag, kUpperMask);
             if (!r) {
                 if (report_failure) say("FAILED recv " + res(r) + " " + std::to_string(mono_ns()));
                 break;
             }
             const std::uint64_t back = (r.sender_tag & ~kUpperMask) | kReplyTag;
+            phase.store(kLaneSending);
             const RdmaOpResult s = co_await m.tag_send(buf.data(), r.bytes_transferred, back);
             if (!s) {
                 if (report_failure) say("FAILED send " + res(s) + " " + std::to_string(mono_ns()));
@@ -129,14 +150,23 @@ RdmaTask<void> echo_lane(CoroutineRdmaManager& m, std::atomic<std::uint64_t>& se
             served.fetch_add(1, std::memory_order_relaxed);
         }
     }
+    phase.store(kLaneEnded);
 }
+
+volatile std::sig_atomic_t g_dump_requested = 0;
+void on_dump_signal(int) { g_dump_requested = 1; }
 
 int run_server(const ServerArgs& a, bool stream) {
     struct Slot {
         std::unique_ptr<CoroutineRdmaManager> m;
         std::atomic<std::uint64_t> served{0};
+        std::atomic<char> phases[4] = {};
         std::vector<RdmaTask<void>> lanes;
     };
+    struct sigaction sa {};
+    sa.sa_handler = on_dump_signal;
+    ::sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGUSR1, &sa, nullptr);
     std::vector<std::unique_ptr<Slot>> slots;
     for (int i = 0; i < a.slots; ++i) {
         ManagerOptions o = ManagerOptions::from_env();
@@ -152,7 +182,8 @@ int run_server(const ServerArgs& a, bool stream) {
         say("PORT " + std::to_string(s->m->listening_port()));
         const int lanes = stream ? 1 : 4;
         for (int l = 0; l < lanes; ++l)
-            s->lanes.push_back(echo_lane(*s->m, s->served, stream, stream ? kStreamCapacity : kCapacity));
+            s->lanes.push_back(echo_lane(*s->m, s->served, stream, stream ? kStreamCapacity : kCapacity,
+                                         s->phases[l]));
         slots.push_back(std::move(s));
     }
     for (;;) {
@@ -161,6 +192,19 @@ int run_server(const ServerArgs& a, bool stream) {
             say("SERVED " + std::to_string(i) + " " + std::to_string(slots[i]->served.load()) + " " +
                 std::to_string(slots[i]->m->connection_count()) + " " +
                 std::to_string(slots[i]->m->metrics().open_endpoints));
+        if (g_dump_requested != 0) {
+            g_dump_requested = 0;
+            for (std::size_t i = 0; i < slots.size(); ++i) {
+                Slot& s = *slots[i];
+                std::string lanes;
+                for (std::size_t l = 0; l < s.lanes.size(); ++l) lanes += s.phases[l].load();
+                const std::string head = "DUMP " + std::to_string(i) + " ";
+                say(head + "state=" + std::string(btsp::to_string(s.m->get_state())) +
+                    " conns=" + std::to_string(s.m->connection_count()) + " lanes=" + lanes);
+                say_lines(head + "op ", s.m->dump_in_flight());
+            }
+            say("DUMP END");
+        }
     }
 }
 
@@ -326,6 +370,9 @@ RdmaTask<void> soak_lane(CoroutineRdmaManager& m, std::uint32_t client, std::uin
             st.lost.fetch_add(1);
             say("BAD echo lost lane " + std::to_string(lane) + " seq " + std::to_string(seq) + ": " +
                 std::string(r.reason()));
+            say("INFO state=" + std::string(btsp::to_string(m.get_state())) +
+                " conns=" + std::to_string(m.connection_count()) + " in flight:");
+            say_lines("INFO op ", m.dump_in_flight());
             co_return;
         }
         SoakHeader e{};

@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -77,8 +78,14 @@ TEST(FaultSoak, ClientsWithRandomKillsLoseNothing) {
         ports.push_back(p);
     }
     std::vector<long> slot_conns(kClients, 0);
+    bool dump_end = false;
     auto drain_server = [&] {
         while (auto line = server->read_line(5ms)) {
+            if (line->rfind("DUMP", 0) == 0) {  // the server's state, asked for after a loss
+                std::printf("[ soak ] server %s\n", line->c_str());
+                dump_end = dump_end || *line == "DUMP END";
+                continue;
+            }
             std::istringstream in(*line);
             std::string w;
             int slot = -1;
@@ -102,6 +109,19 @@ TEST(FaultSoak, ClientsWithRandomKillsLoseNothing) {
         c.proc = spawn_peer({"soak", "127.0.0.1", std::to_string(ports[static_cast<std::size_t>(slot)]),
                              std::to_string(c.id), std::to_string(left), std::to_string(rng())});
     };
+    // After a loss, the server prints each slot's state, lane phases and operations in
+    // flight (SIGUSR1), so a failure here says where the echoes stopped.
+    bool dump_wanted = false, dumped = false;
+    auto dump_server = [&] {
+        if (dumped) return;
+        dumped = true;
+        dump_end = false;
+        ::kill(server->pid(), SIGUSR1);
+        wait_until([&] {
+            drain_server();
+            return dump_end;
+        }, 3s);
+    };
     Counts killed_totals;
     int killed = 0;
     auto drain_client = [&](Client& c) {
@@ -115,7 +135,10 @@ TEST(FaultSoak, ClientsWithRandomKillsLoseNothing) {
                 EXPECT_TRUE(c.connected) << "client " << c.id << ": " << *line;
             } else if (line->rfind("BAD ", 0) == 0) {
                 c.bad_lines.push_back(*line);
+                dump_wanted = true;
                 ADD_FAILURE() << "client " << c.id << ": " << *line;
+            } else if (line->rfind("INFO ", 0) == 0) {
+                std::printf("[ soak ] client %d %s\n", c.id, line->c_str());
             }
         }
     };
@@ -135,6 +158,7 @@ TEST(FaultSoak, ClientsWithRandomKillsLoseNothing) {
             all_final = all_final && c.final_seen;
         }
         if (all_final) break;
+        if (dump_wanted) dump_server();
         const double t = ms_since(t_start) / 1000.0;
         if (next_kill < kill_at.size() && t >= kill_at[next_kill]) {
             ++next_kill;
@@ -160,6 +184,8 @@ TEST(FaultSoak, ClientsWithRandomKillsLoseNothing) {
         }
     }
 
+    for (auto& c : clients)
+        if (!c.final_seen || c.last.lost != 0 || c.last.sent_ok != c.last.echoed_ok) dump_server();
     Counts total;
     for (auto& c : clients) {
         ASSERT_TRUE(c.final_seen) << "client " << c.id << " did not finish: an operation hung";
