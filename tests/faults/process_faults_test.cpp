@@ -51,6 +51,21 @@ struct HeldPeer {
     }
 };
 
+/// Our listening server and a `blast` peer connected to it, about to send one message of
+/// `size` bytes (which we do not receive).
+struct BlastPeer {
+    std::unique_ptr<CoroutineRdmaManager> m;
+    std::unique_ptr<ChildProcess> child;
+
+    void open(std::size_t size) {
+        m = std::make_unique<CoroutineRdmaManager>(test_options());
+        ASSERT_TRUE(m->initialize(true, 0)) << m->last_error();
+        child = spawn_peer({"blast", "127.0.0.1", std::to_string(m->listening_port()), std::to_string(size)});
+        ASSERT_TRUE(child->started()) << child->error();
+        ASSERT_TRUE(wait_until([&] { return m->connection_count() >= 1; }, 10s)) << "the peer did not connect";
+    }
+};
+
 // ---- frozen peer ------------------------------------------------------------------------
 
 TEST(FaultFrozenPeer, RecvTimesOutAndShutdownIsPrompt) {
@@ -122,15 +137,14 @@ __attribute__((no_sanitize("thread"))) std::uint8_t peek(const std::uint8_t* p) 
 // completed, even when the sender resumes.
 TEST(FaultFrozenPeer, ShutdownDuringAHalfTransferredReceiveLeavesTheBufferAlone) {
     constexpr std::size_t kSize = 512u << 20;
-    auto m = std::make_unique<CoroutineRdmaManager>(test_options());
-    ASSERT_TRUE(m->initialize(true, 0)) << m->last_error();
-    auto child = spawn_peer({"blast", "127.0.0.1", std::to_string(m->listening_port()), std::to_string(kSize)});
-    ASSERT_TRUE(child->started()) << child->error();
+    BlastPeer peer;
+    ASSERT_NO_FATAL_FAILURE(peer.open(kSize));
+    auto& m = peer.m;
+    auto& child = peer.child;
     struct Resume {  // a stopped peer must not outlive the test stopped
         ChildProcess& c;
         ~Resume() { ::kill(c.pid(), SIGCONT); }
     } resume{*child};
-    ASSERT_TRUE(wait_until([&] { return m->connection_count() >= 1; }, 10s)) << "the peer did not connect";
 
     std::vector<std::uint8_t> buf(kSize, 0);
     auto recv = start(m->tag_recv(buf.data(), buf.size(), kRequestTag));
@@ -303,19 +317,15 @@ TEST(FaultKilledPeer, ClientOpsEndWithinOneSecondAndReconnectWorks) {
     EXPECT_EQ(back, out);
 }
 
-}  // namespace
-
-namespace {
 // A rendezvous message whose sender dies before the data moved, left in UCX's unexpected
 // queue; a receive posted afterwards matches it and must end DISCONNECTED at once (UCX
 // cancels it; nobody asked to, so it is not CANCELLED).
 TEST(FaultKilledPeer, ReceiveMatchingAStaleRendezvousFromAKilledPeerDoesNotHang) {
     constexpr std::size_t kSize = 4u << 20;
-    auto m = std::make_unique<CoroutineRdmaManager>(test_options());
-    ASSERT_TRUE(m->initialize(true, 0)) << m->last_error();
-    auto child = spawn_peer({"blast", "127.0.0.1", std::to_string(m->listening_port()), std::to_string(kSize)});
-    ASSERT_TRUE(child->started()) << child->error();
-    ASSERT_TRUE(wait_until([&] { return m->connection_count() >= 1; }, 10s)) << "the peer did not connect";
+    BlastPeer peer;
+    ASSERT_NO_FATAL_FAILURE(peer.open(kSize));
+    auto& m = peer.m;
+    auto& child = peer.child;
     ASSERT_TRUE(child->expect_line("SENDING", 10s).has_value());
     std::this_thread::sleep_for(200ms);  // the rendezvous request reaches us; no receive is posted
     child.reset();                        // SIGKILL + waitpid
