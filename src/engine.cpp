@@ -1588,7 +1588,12 @@ void Engine::set_base_state(RdmaState s) noexcept {
         base_state_.exchange(static_cast<std::uint8_t>(s), std::memory_order_acq_rel));
     if (old == s) return;
     BTSP_LOG_INFO("State changed from %s to %s", to_string(old).data(), to_string(s).data());
-    if (waiter_count_.load(std::memory_order_acquire) != 0) notify_waiters(false);
+    // Always through the waiters' mutex, never "only if waiter_count_ != 0": a waiter on
+    // another thread checks the state and registers under that mutex, and could check just
+    // before the exchange above and count itself just after a count read here, then sleep
+    // through the change. Under the mutex it is either listed before we walk the list, or
+    // it checks after the exchange. Base-state changes are rare (connections come and go).
+    notify_waiters(false);
 }
 
 bool Engine::add_waiter(StateChangeAwaitable* w) noexcept {

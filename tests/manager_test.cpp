@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -196,6 +197,60 @@ TEST_F(ManagerTest, WaitForConnectionResumesWhenClientConnectsLater) {
     const auto sw = state_waiter->wait_for(kOpLimit);
     ASSERT_TRUE(sw.has_value());
     EXPECT_TRUE(*sw);
+}
+
+// State waiters registered from another thread while the base state changes, many times:
+// in each round a thread keeps registering waiters for the next state until the change has
+// happened, and every one must wake with true. (This does not reproduce the narrow race
+// set_base_state now closes, where the only waiter checks the state just before the change
+// and counts itself just after the progress thread read the count: that needs one
+// ~100 ns window to straddle the change. It does exercise the waiter list from two
+// threads, under TSan too.)
+TEST_F(ManagerTest, StateWaitersFromAnotherThreadAllWakeOnEveryChange) {
+    ASSERT_NO_FATAL_FAILURE(make_server());
+    ASSERT_NO_FATAL_FAILURE(make_client());
+    constexpr std::size_t kMaxWaiters = 2000;  // per change
+    auto register_until = [&](RdmaState target, std::atomic<bool>& stop,
+                              std::vector<std::unique_ptr<PendingState>>& out) {
+        while (!stop.load() && out.size() < kMaxWaiters) out.push_back(start(server_->wait_for_state(target)));
+    };
+    auto all_woke = [&](std::vector<std::unique_ptr<PendingState>>& ws, const char* what, int round) {
+        for (std::size_t i = 0; i < ws.size(); ++i) {
+            const auto v = ws[i]->wait_for(kOpLimit);
+            ASSERT_TRUE(v.has_value()) << what << " waiter " << i << " of " << ws.size() << " in round " << round
+                                       << " slept through the change";
+            EXPECT_TRUE(*v);
+        }
+    };
+    std::size_t total = 0;
+    constexpr int kRounds = 10;
+    for (int round = 0; round < kRounds; ++round) {
+        {
+            std::atomic<bool> stop{false};
+            std::vector<std::unique_ptr<PendingState>> waiters;
+            std::thread t([&] { register_until(RdmaState::CONNECTED, stop, waiters); });
+            const auto r = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
+            ASSERT_TRUE(wait_until([&] { return server_->connection_count() == 1; }, 5s));
+            stop = true;
+            t.join();
+            ASSERT_TRUE(r.has_value() && r->success()) << "round " << round;
+            ASSERT_NO_FATAL_FAILURE(all_woke(waiters, "CONNECTED", round));
+            total += waiters.size();
+        }
+        {
+            std::atomic<bool> stop{false};
+            std::vector<std::unique_ptr<PendingState>> waiters;
+            std::thread t([&] { register_until(RdmaState::LISTENING, stop, waiters); });
+            const auto d = await_within(client_->disconnect(), kOpLimit);
+            ASSERT_TRUE(wait_until([&] { return server_->connection_count() == 0; }, 5s));
+            stop = true;
+            t.join();
+            ASSERT_TRUE(d.has_value() && d->success()) << "round " << round;
+            ASSERT_NO_FATAL_FAILURE(all_woke(waiters, "LISTENING", round));
+            total += waiters.size();
+        }
+    }
+    std::printf("[ waiters ] %zu waiters registered around %d state changes, all woke\n", total, 2 * kRounds);
 }
 
 TEST_F(ManagerTest, WaitForConnectionWhenAlreadyConnectedCompletesAtOnce) {
