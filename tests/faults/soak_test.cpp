@@ -180,6 +180,7 @@ TEST(FaultSoak, ClientsWithRandomKillsLoseNothing) {
                 return slot_conns[static_cast<std::size_t>(slot)] == 0;
             }, 3s);
             EXPECT_TRUE(gone) << "the server did not notice the killed client within 3 s";
+            if (!gone) dump_server();
             launch(slot);
         }
     }
