@@ -730,6 +730,7 @@ bool Engine::watchdog_loop(ThreadCtx* ctx) noexcept {
                 // The blocked thread leaves the live count now; it retires on its own
                 // once its coroutine suspends.
                 blocked_threads_.fetch_add(1, std::memory_order_relaxed);
+                bump(handoffs_);  // written by the watchdog thread only
                 --live_threads_;
                 lock.unlock();
                 BTSP_LOG_DEBUG("progress hand-off: a coroutine held the progress thread over %lld ms",
@@ -1553,6 +1554,7 @@ MetricsSnapshot Engine::metrics() const noexcept {
     const std::uint64_t closed = eps_closed_.load(std::memory_order_relaxed);
     s.open_endpoints = created > closed ? created - closed : 0;
     s.recvs_polled = recvs_polled_.load(std::memory_order_relaxed);
+    s.progress_handoffs = handoffs_.load(std::memory_order_relaxed);
     return s;
 }
 

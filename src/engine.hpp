@@ -287,6 +287,7 @@ private:
     std::atomic<std::uint64_t> eps_created_{0};  // ucp_ep_create successes (owner only)
     std::atomic<std::uint64_t> eps_closed_{0};   // ucp_ep_close_nbx calls (owner only)
     std::atomic<std::uint64_t> recvs_polled_{0};  // completed in poll_inline (owner only)
+    std::atomic<std::uint64_t> handoffs_{0};      // progress hand-offs (watchdog only)
     // Parameters of every send / receive, built once; post_params() sets user_data.
     ucp_request_param_t send_param_{};
     ucp_request_param_t recv_param_{};

@@ -102,6 +102,9 @@ std::string MetricsSnapshot::prometheus(std::string_view prefix, std::string_vie
     os << "# HELP " << p << "_recvs_polled_total Receives completed while polling, without suspending.\n";
     os << "# TYPE " << p << "_recvs_polled_total counter\n";
     os << p << "_recvs_polled_total" << lbl("") << ' ' << recvs_polled << '\n';
+    os << "# HELP " << p << "_progress_handoffs_total Times a blocking coroutine made the worker move to a new thread.\n";
+    os << "# TYPE " << p << "_progress_handoffs_total counter\n";
+    os << p << "_progress_handoffs_total" << lbl("") << ' ' << progress_handoffs << '\n';
     os << "# HELP " << p << "_in_flight Operations in flight now.\n";
     os << "# TYPE " << p << "_in_flight gauge\n";
     os << p << "_in_flight" << lbl("kind=\"send\"") << ' ' << in_flight_sends << '\n';
@@ -132,7 +135,7 @@ std::string MetricsSnapshot::summary() const {
     }
     os << "connections opened=" << connections_opened << " lost=" << connections_lost
        << " rejected=" << connections_rejected << " live=" << live_connections << " endpoints=" << open_endpoints
-       << "; recvs polled=" << recvs_polled << "; in flight sends="
+       << "; recvs polled=" << recvs_polled << "; progress hand-offs=" << progress_handoffs << "; in flight sends="
        << in_flight_sends << " recvs=" << in_flight_recvs << '\n';
     return os.str();
 }

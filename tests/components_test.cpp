@@ -217,6 +217,7 @@ TEST(Metrics, CountsMatchKnownTraffic) {
     const std::string text = s.prometheus("btsp", "manager=\"s\"");
     EXPECT_NE(text.find("btsp_ops_total{kind=\"recv\",result=\"SUCCESS\",manager=\"s\"} 100"), std::string::npos);
     EXPECT_NE(text.find("# TYPE btsp_op_latency_seconds histogram"), std::string::npos);
+    EXPECT_NE(text.find("btsp_progress_handoffs_total{manager=\"s\"} 0"), std::string::npos);
 }
 
 TEST(Metrics, HttpEndpointServesPrometheusText) {

@@ -1296,6 +1296,10 @@ TEST_F(ManagerTest, BlockingCoroutineDoesNotStallOtherOperations) {
         << std::chrono::duration<double, std::milli>(unblocked_at - t0).count() << " ms)";
     // The echo loop counts after its send completes, which may be after our receive.
     EXPECT_TRUE(wait_until([&] { return echoed.load() == 5; }, 5s)) << echoed.load();
+    // The 300 ms block was a hand-off, and metrics say so (the server never blocked).
+    EXPECT_GE(client_->metrics().progress_handoffs, 1u);
+    EXPECT_NE(client_->metrics().summary().find("progress hand-offs="), std::string::npos);
+    EXPECT_EQ(server_->metrics().progress_handoffs, 0u);
 }
 
 namespace {

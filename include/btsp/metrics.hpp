@@ -57,6 +57,10 @@ struct MetricsSnapshot {
     /// Receives that completed while polling right after they were posted, without their
     /// coroutine suspending (ManagerOptions::recv_poll). Counted in `recv` too.
     std::uint64_t recvs_polled = 0;
+    /// Progress hand-offs: times a coroutine kept the progress thread in user code longer
+    /// than ManagerOptions::handoff_threshold, so the worker moved to a new thread. A count
+    /// that keeps growing means coroutines block (sleep, wait on locks, long computation).
+    std::uint64_t progress_handoffs = 0;
 
     /// Prometheus text exposition format (version 0.0.4). `labels` is inserted into every
     /// sample, e.g. `manager="kv0"`.

@@ -9,7 +9,7 @@
 //       sent back with upper 32 bits 2 (same low bits). One manager per slot, because a
 //       server's tag_send always goes to its oldest connection: each client gets its own
 //       manager. Prints "SERVED <slot> <echoed> <live connections> <open UCX endpoints>" every 200 ms.
-//       On SIGUSR1 it prints, for each slot, "DUMP <slot> state=<S> conns=<n> lanes=<phases>"
+//       On SIGUSR1 it prints, for each slot, "DUMP <slot> state=<S> conns=<n> handoffs=<h> lanes=<phases>"
 //       (each lane's phase: W waiting for a connection, R receiving, S sending, X ended)
 //       followed by one "DUMP <slot> op <line>" per operation in flight, then "DUMP END".
 //   hold-server        listen, print "PORT <p>", "CONNECTED" once a client is there, then
@@ -200,7 +200,8 @@ int run_server(const ServerArgs& a, bool stream) {
                 for (std::size_t l = 0; l < s.lanes.size(); ++l) lanes += s.phases[l].load();
                 const std::string head = "DUMP " + std::to_string(i) + " ";
                 say(head + "state=" + std::string(btsp::to_string(s.m->get_state())) +
-                    " conns=" + std::to_string(s.m->connection_count()) + " lanes=" + lanes);
+                    " conns=" + std::to_string(s.m->connection_count()) +
+                    " handoffs=" + std::to_string(s.m->metrics().progress_handoffs) + " lanes=" + lanes);
                 say_lines(head + "op ", s.m->dump_in_flight());
             }
             say("DUMP END");
@@ -371,7 +372,8 @@ RdmaTask<void> soak_lane(CoroutineRdmaManager& m, std::uint32_t client, std::uin
             say("BAD echo lost lane " + std::to_string(lane) + " seq " + std::to_string(seq) + ": " +
                 std::string(r.reason()));
             say("INFO state=" + std::string(btsp::to_string(m.get_state())) +
-                " conns=" + std::to_string(m.connection_count()) + " in flight:");
+                " conns=" + std::to_string(m.connection_count()) +
+                " handoffs=" + std::to_string(m.metrics().progress_handoffs) + " in flight:");
             say_lines("INFO op ", m.dump_in_flight());
             co_return;
         }
