@@ -210,45 +210,34 @@ TEST_F(ManagerTest, StateWaitersFromAnotherThreadAllWakeOnEveryChange) {
     ASSERT_NO_FATAL_FAILURE(make_server());
     ASSERT_NO_FATAL_FAILURE(make_client());
     constexpr std::size_t kMaxWaiters = 2000;  // per change
-    auto register_until = [&](RdmaState target, std::atomic<bool>& stop,
-                              std::vector<std::unique_ptr<PendingState>>& out) {
-        while (!stop.load() && out.size() < kMaxWaiters) out.push_back(start(server_->wait_for_state(target)));
-    };
-    auto all_woke = [&](std::vector<std::unique_ptr<PendingState>>& ws, const char* what, int round) {
-        for (std::size_t i = 0; i < ws.size(); ++i) {
-            const auto v = ws[i]->wait_for(kOpLimit);
-            ASSERT_TRUE(v.has_value()) << what << " waiter " << i << " of " << ws.size() << " in round " << round
-                                       << " slept through the change";
+    std::size_t total = 0;
+    // Runs `act` (a connect or a disconnect) while another thread registers waiters for
+    // `target`, until the server has `conns_after` connections.
+    auto change = [&](RdmaState target, auto act, std::size_t conns_after, int round) {
+        std::atomic<bool> stop{false};
+        std::vector<std::unique_ptr<PendingState>> waiters;
+        std::thread t([&] {
+            while (!stop.load() && waiters.size() < kMaxWaiters) waiters.push_back(start(server_->wait_for_state(target)));
+        });
+        const auto r = await_within(act(), kOpLimit);
+        const bool changed = wait_until([&] { return server_->connection_count() == conns_after; }, 5s);
+        stop = true;
+        t.join();
+        ASSERT_TRUE(r.has_value() && r->success()) << target << ", round " << round;
+        ASSERT_TRUE(changed) << target << ", round " << round << ": the server did not follow";
+        for (std::size_t i = 0; i < waiters.size(); ++i) {
+            const auto v = waiters[i]->wait_for(kOpLimit);
+            ASSERT_TRUE(v.has_value()) << target << " waiter " << i << " of " << waiters.size() << " in round "
+                                       << round << " slept through the change";
             EXPECT_TRUE(*v);
         }
+        total += waiters.size();
     };
-    std::size_t total = 0;
     constexpr int kRounds = 10;
     for (int round = 0; round < kRounds; ++round) {
-        {
-            std::atomic<bool> stop{false};
-            std::vector<std::unique_ptr<PendingState>> waiters;
-            std::thread t([&] { register_until(RdmaState::CONNECTED, stop, waiters); });
-            const auto r = await_within(client_->connect("127.0.0.1", port_), kOpLimit);
-            ASSERT_TRUE(wait_until([&] { return server_->connection_count() == 1; }, 5s));
-            stop = true;
-            t.join();
-            ASSERT_TRUE(r.has_value() && r->success()) << "round " << round;
-            ASSERT_NO_FATAL_FAILURE(all_woke(waiters, "CONNECTED", round));
-            total += waiters.size();
-        }
-        {
-            std::atomic<bool> stop{false};
-            std::vector<std::unique_ptr<PendingState>> waiters;
-            std::thread t([&] { register_until(RdmaState::LISTENING, stop, waiters); });
-            const auto d = await_within(client_->disconnect(), kOpLimit);
-            ASSERT_TRUE(wait_until([&] { return server_->connection_count() == 0; }, 5s));
-            stop = true;
-            t.join();
-            ASSERT_TRUE(d.has_value() && d->success()) << "round " << round;
-            ASSERT_NO_FATAL_FAILURE(all_woke(waiters, "LISTENING", round));
-            total += waiters.size();
-        }
+        ASSERT_NO_FATAL_FAILURE(
+            change(RdmaState::CONNECTED, [&] { return client_->connect("127.0.0.1", port_); }, 1, round));
+        ASSERT_NO_FATAL_FAILURE(change(RdmaState::LISTENING, [&] { return client_->disconnect(); }, 0, round));
     }
     std::printf("[ waiters ] %zu waiters registered around %d state changes, all woke\n", total, 2 * kRounds);
 }
